@@ -1,0 +1,52 @@
+"""The quantization engine: presets, fusion, calibration, QAT, int8 convert, checks.
+
+This is the only package that touches ``torch.ao.quantization`` (through ``qat.quant.backend``).
+"""
+
+from qat.quant.check import CheckReport, Finding, ModelCheckError, check_model
+from qat.quant.compare import compare_outputs
+from qat.quant.fuse import collect_patterns, fuse_model
+from qat.quant.int8_ops import INT8_POLICIES, Int8Policy
+from qat.quant.prepare import (
+    calibrate,
+    convert,
+    disable_fake_quant,
+    disable_observer,
+    enable_fake_quant,
+    enable_observer,
+    freeze_activation_observers,
+    freeze_bn_stats,
+    prepare_calibration,
+    prepare_qat,
+    start_qat,
+    unfreeze_bn_stats,
+)
+from qat.quant.qconfig import ACTIVATION_OBSERVERS, TARGETS, QuantConfig, get_qconfig
+
+__all__ = [
+    "ACTIVATION_OBSERVERS",
+    "INT8_POLICIES",
+    "TARGETS",
+    "CheckReport",
+    "Finding",
+    "Int8Policy",
+    "ModelCheckError",
+    "QuantConfig",
+    "calibrate",
+    "check_model",
+    "collect_patterns",
+    "compare_outputs",
+    "convert",
+    "disable_fake_quant",
+    "disable_observer",
+    "enable_fake_quant",
+    "enable_observer",
+    "freeze_activation_observers",
+    "freeze_bn_stats",
+    "fuse_model",
+    "get_qconfig",
+    "prepare_calibration",
+    "prepare_qat",
+    "start_qat",
+    "unfreeze_bn_stats",
+]

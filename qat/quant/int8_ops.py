@@ -1,0 +1,108 @@
+"""How activations without a faithful upstream int8 kernel become int8.
+
+An elementwise nonlinearity on an int8 input has only 256 possible inputs, so its int8 form
+is a 256-entry lookup table: ``table[code] = quantize(f(dequantize(code)))``. The table is
+built from the very fake-quant the QAT model applies, so int8 and fake-quant agree bit for bit
+(torch's own quantized ``gelu`` instead keeps the input's grid and silently disagrees).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from qat.quant.backend import nnq
+
+__all__ = ["INT8_POLICIES", "Int8Policy", "QuantizedLUT", "QuantizedSoftmax", "policy_for"]
+
+
+@dataclass(frozen=True)
+class Int8Policy:
+    """``kind``: ``lut`` (table), ``softmax`` (torch kernel), ``passthrough`` (keeps input grid, no observer).
+
+    ``fixed_qparams``: the output grid ``(scale, zero_point)`` when it is fixed rather than observed.
+    """
+
+    kind: str
+    fixed_qparams: tuple[float, int] | None = None
+
+
+INT8_POLICIES: dict[type[nn.Module], Int8Policy] = {
+    nn.GELU: Int8Policy("lut"),
+    nn.SiLU: Int8Policy("lut"),
+    nn.Mish: Int8Policy("lut"),
+    nn.ELU: Int8Policy("lut"),
+    nn.Sigmoid: Int8Policy("lut", (1.0 / 256, 0)),
+    nn.Hardsigmoid: Int8Policy("lut", (1.0 / 256, 0)),
+    nn.Tanh: Int8Policy("lut", (1.0 / 128, 128)),
+    nn.Softmax: Int8Policy("softmax", (1.0 / 256, 0)),
+    nn.ReLU6: Int8Policy("passthrough"),
+}
+
+
+def policy_for(module: nn.Module) -> Int8Policy | None:
+    """The int8 policy of a module: its class attribute ``int8_policy`` or the built-in table."""
+    own = getattr(type(module), "int8_policy", None)
+    return own if isinstance(own, Int8Policy) else INT8_POLICIES.get(type(module))
+
+
+def _float_fn(module: nn.Module) -> nn.Module:
+    """A clean float copy of an observed module (no observer child, no hooks)."""
+    fn = copy.copy(module)
+    fn._modules = {k: v for k, v in module._modules.items() if k != "activation_post_process"}
+    fn._forward_hooks = type(module._forward_hooks)()
+    fn._forward_pre_hooks = type(module._forward_pre_hooks)()
+    fn.__dict__.pop("qconfig", None)
+    return fn
+
+
+class QuantizedLUT(nn.Module):
+    """An elementwise function on int8 tensors through a 256-entry table per input grid."""
+
+    def __init__(self, fn: nn.Module, scale: float, zero_point: int) -> None:
+        super().__init__()
+        self.fn = fn
+        self.scale = float(scale)
+        self.zero_point = int(zero_point)
+        self._tables: dict[tuple[float, int, torch.dtype], Tensor] = {}
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> QuantizedLUT:
+        scale, zero_point = mod.activation_post_process.calculate_qparams()
+        return cls(_float_fn(mod), float(scale), int(zero_point))
+
+    def _table(self, x: Tensor) -> Tensor:
+        key = (x.q_scale(), x.q_zero_point(), x.dtype)
+        table = self._tables.get(key)
+        if table is None:
+            info = torch.iinfo(x.dtype)
+            codes = torch.arange(info.min, info.max + 1, dtype=torch.float32)
+            with torch.no_grad():
+                y = self.fn((codes - key[1]) * key[0])
+            q = torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8)
+            table = self._tables[key] = q.int_repr()
+        return table
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not x.is_quantized:
+            raise TypeError(f"{type(self).__name__} expects an int8 tensor; is a QuantStub missing upstream?")
+        codes = x.int_repr()
+        offset = -torch.iinfo(x.dtype).min
+        idx = codes.to(torch.int32) + offset if offset else codes.to(torch.int32)
+        out = self._table(x)[idx]
+        return torch._make_per_tensor_quantized_tensor(out, self.scale, self.zero_point)
+
+    def extra_repr(self) -> str:
+        return f"fn={type(self.fn).__name__}, scale={self.scale:.6g}, zero_point={self.zero_point}"
+
+
+class QuantizedSoftmax(nnq.Softmax):
+    """torch's quantized softmax, built from a float ``nn.Softmax`` with a fixed output grid."""
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> QuantizedSoftmax:
+        scale, zero_point = mod.activation_post_process.calculate_qparams()
+        return cls(mod.dim, float(scale), int(zero_point))

@@ -1,0 +1,262 @@
+"""float → fake-quant (QAT or calibration) → int8.
+
+One prepared model serves both PTQ and QAT: :func:`prepare_calibration` is :func:`prepare_qat`
+in calibration mode (observers on, fake-quant off, eval), so a calibrated model continues into
+QAT as is -- Horizon's recipe of initialising QAT from calibration.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from qat.quant.backend import (
+    DeQuantStub,
+    FakeQuantizeBase,
+    FixedQParamsFakeQuantize,
+    get_default_qat_module_mappings,
+    get_default_qconfig_propagation_list,
+    get_default_static_quant_module_mappings,
+    nniqat,
+    tq,
+)
+from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
+from qat.quant.int8_ops import QuantizedLUT, QuantizedSoftmax, policy_for
+from qat.quant.qconfig import QuantConfig, get_qconfig
+
+__all__ = [
+    "calibrate",
+    "convert",
+    "disable_fake_quant",
+    "disable_observer",
+    "enable_fake_quant",
+    "enable_observer",
+    "freeze_activation_observers",
+    "freeze_bn_stats",
+    "prepare_calibration",
+    "prepare_qat",
+    "start_qat",
+    "unfreeze_bn_stats",
+]
+
+_QCONFIG_ATTR = "qat_quant_config"
+
+
+def _subclass_mapping(model: nn.Module, base: dict[type, type]) -> dict[type, type]:
+    """``base`` extended with subclasses of its keys found in ``model`` (e.g. ``qat.nn.QuantStub``)."""
+    mapping = dict(base)
+    for m in model.modules():
+        t = type(m)
+        if t not in mapping:
+            for key, value in base.items():
+                if issubclass(t, key) and key is not nn.Module:
+                    mapping[t] = value
+                    break
+    return mapping
+
+
+def _allow_list(model: nn.Module) -> set[type]:
+    allow = set(get_default_qconfig_propagation_list())
+    for m in model.modules():
+        policy = policy_for(m)
+        if policy is None:
+            continue
+        if policy.kind == "passthrough":
+            allow.discard(type(m))
+        else:
+            allow.add(type(m))
+    allow.update(_subclass_mapping(model, get_default_static_quant_module_mappings()))
+    return allow
+
+
+def _assign_qconfigs(model: nn.Module, cfg: QuantConfig, high_precision_output: bool) -> None:
+    model.qconfig = cfg.qconfig()
+    for m in model.modules():
+        fixed = getattr(m, FIXED_QPARAMS_ATTR, None) or getattr(m, "fixed_qparams", None)
+        policy = policy_for(m)
+        if fixed is None and policy is not None:
+            fixed = policy.fixed_qparams
+        if fixed is not None:
+            m.qconfig = cfg.fixed_qconfig(*fixed)
+    if high_precision_output:
+        _keep_output_float(model)
+
+
+def _keep_output_float(model: nn.Module) -> None:
+    """Leave the last Linear/Conv (the classifier) in float, fed through a DeQuantStub."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            last = name
+    if last is None:
+        raise ValueError("high_precision_output: the model has no Linear or Conv2d layer")
+    layer = model.get_submodule(last)
+    layer.qconfig = None
+    dequant = DeQuantStub()
+    dequant.qconfig = model.qconfig
+    parent_path, _, leaf = last.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, leaf, nn.Sequential(dequant, layer))
+
+
+def prepare_qat(
+    model: nn.Module,
+    qconfig: str | QuantConfig = "x86",
+    inplace: bool = False,
+    high_precision_output: bool = False,
+) -> nn.Module:
+    """Fuse, attach fake-quant and swap in QAT modules; the result trains like the float model.
+
+    ``qconfig`` is a target name (``x86``/``arm``/``npu``) or a :class:`QuantConfig`.
+    ``high_precision_output`` keeps the classifier (last Linear/Conv) in float, as Horizon's
+    high-precision output does.
+    """
+    cfg = get_qconfig(qconfig)
+    if not inplace:
+        model = copy.deepcopy(model)
+    was_training = model.training
+    fuse_model(model)
+    _assign_qconfigs(model, cfg, high_precision_output)
+    model.train()
+    qat_mapping = _subclass_mapping(model, get_default_qat_module_mappings())
+    tq.propagate_qconfig_(model, qconfig_dict=None)
+    tq.convert(model, mapping=qat_mapping, inplace=True, remove_qconfig=False)
+    tq.prepare(
+        model,
+        inplace=True,
+        allow_list=_allow_list(model),
+        observer_non_leaf_module_list=set(qat_mapping.values()),
+    )
+    setattr(model, _QCONFIG_ATTR, cfg)
+    model.train(was_training)
+    return model
+
+
+def _fake_quants(model: nn.Module) -> Iterable[tuple[str, FakeQuantizeBase]]:
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantizeBase))
+
+
+def enable_observer(model: nn.Module) -> nn.Module:
+    model.apply(tq.enable_observer)
+    return model
+
+
+def disable_observer(model: nn.Module) -> nn.Module:
+    model.apply(tq.disable_observer)
+    return model
+
+
+def enable_fake_quant(model: nn.Module) -> nn.Module:
+    model.apply(tq.enable_fake_quant)
+    return model
+
+
+def disable_fake_quant(model: nn.Module, keep_fixed: bool = True) -> nn.Module:
+    """Turn fake-quant off; fixed-grid ones (sigmoid, ReLU6 clamp, scaled stubs) stay on by default."""
+    for _, fq in _fake_quants(model):
+        if not (keep_fixed and isinstance(fq, FixedQParamsFakeQuantize)):
+            fq.disable_fake_quant()
+    return model
+
+
+def freeze_activation_observers(model: nn.Module) -> nn.Module:
+    """Fix activation scales (Horizon's QAT default) while weight scales keep tracking the weights."""
+    for name, fq in _fake_quants(model):
+        if not name.endswith("weight_fake_quant"):
+            fq.disable_observer()
+    return model
+
+
+def freeze_bn_stats(model: nn.Module) -> nn.Module:
+    model.apply(nniqat.freeze_bn_stats)
+    return model
+
+
+def unfreeze_bn_stats(model: nn.Module) -> nn.Module:
+    model.apply(nniqat.update_bn_stats)
+    return model
+
+
+def prepare_calibration(
+    model: nn.Module,
+    qconfig: str | QuantConfig = "x86",
+    activation_observer: str | None = "percentile",
+    inplace: bool = False,
+    high_precision_output: bool = False,
+) -> nn.Module:
+    """A fake-quant model in calibration mode: eval, observers on, fake-quant off.
+
+    Feed it batches with :func:`calibrate`, then :func:`convert` it (PTQ) or :func:`start_qat`.
+    """
+    cfg = get_qconfig(qconfig)
+    if activation_observer is not None:
+        cfg = cfg.with_observer(activation_observer)
+    model = prepare_qat(model, cfg, inplace=inplace, high_precision_output=high_precision_output)
+    model.eval()
+    enable_observer(model)
+    disable_fake_quant(model)
+    return model
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module,
+    batches: Iterable[Any],
+    num_batches: int | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Run ``batches`` (tensors, or ``(input, target, ...)`` tuples) through a calibration model."""
+    model.eval()
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, total=num_batches, desc="calibrate", leave=False)
+    seen = 0
+    for batch in it:
+        if num_batches is not None and seen >= num_batches:
+            break
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        model(x)
+        seen += 1
+    if seen == 0:
+        raise ValueError("calibrate() got no batches: check the calibration data loader")
+    return model
+
+
+def start_qat(model: nn.Module, fixed_activation_scales: bool = True) -> nn.Module:
+    """Switch a (calibrated) fake-quant model to QAT: train mode, fake-quant on.
+
+    With ``fixed_activation_scales`` the activation grids found by calibration stay fixed
+    (Horizon's default); otherwise their observers keep updating during QAT.
+    """
+    model.train()
+    enable_fake_quant(model)
+    enable_observer(model)
+    if fixed_activation_scales:
+        freeze_activation_observers(model)
+    return model
+
+
+def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The real int8 model (eval mode, quantized kernels) from a prepared fake-quant model."""
+    cfg = getattr(model, _QCONFIG_ATTR, None)
+    if cfg is None:
+        raise ValueError("convert() needs a model returned by prepare_qat()/prepare_calibration()")
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    torch.backends.quantized.engine = cfg.engine
+    mapping = _subclass_mapping(model, get_default_static_quant_module_mappings())
+    for m in model.modules():
+        policy = policy_for(m)
+        if policy is not None and policy.kind == "lut":
+            mapping[type(m)] = QuantizedLUT
+        elif policy is not None and policy.kind == "softmax":
+            mapping[type(m)] = QuantizedSoftmax
+    tq.convert(model, mapping=mapping, inplace=True)
+    return model
