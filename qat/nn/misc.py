@@ -5,11 +5,15 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from qat.quant.int8_ops import Int8Policy
+
 __all__ = ["Interpolate", "SpaceToDepth"]
 
 
 class SpaceToDepth(nn.Module):
     """Pixel-unshuffle: ``[N, C, H, W] → [N, C·b², H/b, W/b]`` -- lossless down-sampling."""
+
+    int8_policy = Int8Policy("passthrough")  # a pure permutation: the int8 tensor keeps its grid
 
     def __init__(self, block_size: int = 2) -> None:
         super().__init__()
@@ -31,6 +35,8 @@ class Interpolate(nn.Module):
     The int8 result keeps its input's grid: ``nearest`` is exact to the fake-quant model,
     ``bilinear`` rounds its averages to that grid (within half a step).
     """
+
+    int8_policy = Int8Policy("passthrough")
 
     def __init__(
         self,

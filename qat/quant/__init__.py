@@ -22,6 +22,7 @@ from qat.quant.prepare import (
     unfreeze_bn_stats,
 )
 from qat.quant.qconfig import ACTIVATION_OBSERVERS, TARGETS, QuantConfig, get_qconfig
+from qat.quant.verify import VerifyResult, unconverted_layers, verify_model
 
 __all__ = [
     "ACTIVATION_OBSERVERS",
@@ -48,5 +49,8 @@ __all__ = [
     "prepare_calibration",
     "prepare_qat",
     "start_qat",
+    "unconverted_layers",
     "unfreeze_bn_stats",
+    "verify_model",
+    "VerifyResult",
 ]

@@ -16,7 +16,7 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module, batches: Iterabl
     """Relative L2 error, max abs error and top-1 agreement of ``candidate`` against ``reference``.
 
     ``batches`` yields tensors or ``(input, ...)`` tuples; both models run in eval mode.
-    Top-1 agreement compares the argmax over dim 1 (class logits).
+    Top-1 agreement compares the argmax over dim 1 (class logits; for dense outputs, per position).
     """
     reference.eval()
     candidate.eval()
@@ -31,8 +31,9 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module, batches: Iterabl
         sq_ref += float((ref**2).sum())
         max_abs = max(max_abs, float((out - ref).abs().max()))
         if ref.dim() >= 2:
-            agree += int((out.argmax(1) == ref.argmax(1)).sum())
-            total += ref.shape[0]
+            same = out.argmax(1) == ref.argmax(1)
+            agree += int(same.sum())
+            total += same.numel()
     return {
         "rel_l2": (sq_err / max(sq_ref, 1e-12)) ** 0.5,
         "max_abs": max_abs,

@@ -243,7 +243,11 @@ def start_qat(model: nn.Module, fixed_activation_scales: bool = True) -> nn.Modu
 
 
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The real int8 model (eval mode, quantized kernels) from a prepared fake-quant model."""
+    """The real int8 model (eval mode, quantized kernels) from a prepared fake-quant model.
+
+    Observers keep running in ``eval()`` mode: to compare the fake-quant model with the
+    int8 one, call :func:`disable_observer` on it first so its grids stay the converted ones.
+    """
     cfg = getattr(model, _QCONFIG_ATTR, None)
     if cfg is None:
         raise ValueError("convert() needs a model returned by prepare_qat()/prepare_calibration()")

@@ -17,6 +17,14 @@ more than one step on the x86, fbgemm and onednn engines alike; with ±63 weight
 activation range and spend the missing bit on weights, where per-channel scales make it cheap;
 the fake-quant model uses exactly the grid the int8 kernels use.
 
+Why plain ``FakeQuantize`` + observer and never torch's faster ``FusedMovingAvgObsFakeQuantize``:
+the fused kernel derives its grid from min/max differently from its observer's
+``calculate_qparams()``, which is what ``convert`` uses, so the model trains on one grid and ships
+on another. Measured here: per-channel symmetric weights got other scales (27 % of a 3×3 conv's
+int8 outputs one or two steps off its fake-quant), symmetric activations zero-point 128 vs 127,
+and scales below 2^-14 are clamped, so a 1e-5 layer-scale branch was all zeros in fake-quant
+but not in int8. With the observer-backed fake-quant, int8 equals fake-quant exactly on x86.
+
 ``npu`` mirrors Horizon's BPU: symmetric activations and weights. In torch.ao terms a
 symmetric signed activation is a quint8 tensor with zero-point 128, which runs on the stock
 kernels here. Its int8 model is checked on this CPU, so it uses 7-bit weights too; for the
@@ -34,7 +42,6 @@ from qat.quant.backend import (
     FakeQuantize,
     FixedQParamsFakeQuantize,
     FixedQParamsObserver,
-    FusedMovingAvgObsFakeQuantize,
     HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -46,6 +53,9 @@ from qat.quant.observers import MSEObserver, PercentileObserver
 __all__ = ["ACTIVATION_OBSERVERS", "TARGETS", "QuantConfig", "get_qconfig"]
 
 TARGETS = ("x86", "arm", "npu")
+# Smallest scale an observer may pick. torch's default (float32 eps, 1.2e-7) coarsens the weights
+# of a conv that absorbed a 1e-5 layer scale to a handful of levels; 1e-12 keeps all 127.
+_EPS = 1e-12
 ACTIVATION_OBSERVERS = ("moving_average", "minmax", "percentile", "mse", "histogram")
 
 
@@ -69,26 +79,22 @@ class QuantConfig:
     def activation(self):
         """Fake-quant factory for observed activations."""
         qscheme = torch.per_tensor_symmetric if self.symmetric_activations else torch.per_tensor_affine
-        common = dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=qscheme, reduce_range=False)
-        name = self.activation_observer
-        if name == "moving_average":
-            return FusedMovingAvgObsFakeQuantize.with_args(
-                observer=MovingAverageMinMaxObserver, averaging_constant=self.averaging_constant, **common
-            )
+        common = dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=qscheme, reduce_range=False, eps=_EPS)
         observer = {
+            "moving_average": MovingAverageMinMaxObserver.with_args(averaging_constant=self.averaging_constant),
             "minmax": MinMaxObserver,
             "percentile": PercentileObserver.with_args(percentile=self.percentile),
             "mse": MSEObserver,
             "histogram": HistogramObserver,
-        }[name]
+        }[self.activation_observer]
         return FakeQuantize.with_args(observer=observer, **common)
 
     def weight(self):
         """Per-channel symmetric weight fake-quant tracking the current weights (not a stale min/max)."""
         q = self.weight_quant_max
-        return FusedMovingAvgObsFakeQuantize.with_args(
-            observer=MovingAveragePerChannelMinMaxObserver,
-            averaging_constant=1.0,
+        return FakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver.with_args(averaging_constant=1.0),
+            eps=_EPS,
             quant_min=-q - 1 if q == 127 else -q,
             quant_max=q,
             dtype=torch.qint8,

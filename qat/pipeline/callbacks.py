@@ -1,0 +1,94 @@
+"""Training callbacks: QAT schedule (BN / observer freezing), NaN-loss guard, step timing."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from qat.pipeline.errors import NaNLossError
+from qat.quant import freeze_activation_observers, freeze_bn_stats
+
+__all__ = ["FreezeBNStats", "FreezeObservers", "NaNLossGuard", "StepTimer"]
+
+
+def _inner(pl_module: pl.LightningModule) -> torch.nn.Module:
+    return getattr(pl_module, "model", pl_module)
+
+
+class FreezeBNStats(pl.Callback):
+    """From QAT epoch ``epoch`` on, fused conv-BN layers use (and stop updating) their running statistics.
+
+    Applied at every epoch start, so a run resumed from a checkpoint is in the same state.
+    """
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.epoch:
+            freeze_bn_stats(_inner(pl_module))
+
+
+class FreezeObservers(pl.Callback):
+    """From QAT epoch ``epoch`` on, activation scales stay fixed (weight scales keep tracking the weights)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.epoch:
+            freeze_activation_observers(_inner(pl_module))
+
+
+class NaNLossGuard(pl.Callback):
+    """Stops training with advice as soon as the training loss is NaN or infinite."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None or math.isfinite(float(loss)):
+            return
+        advice = (
+            "lower the learning rate (optim.optimizer.lr=...) or raise warm-up (optim.scheduler.warmup_fraction=0.1)"
+            if self.stage == "float"
+            else "lower quant.lr_scale (e.g. 0.001), freeze BN earlier (quant.freeze_bn_epoch=0), or check the "
+            "float checkpoint's accuracy"
+        )
+        raise NaNLossError(
+            f"{self.stage} training loss became {float(loss)} at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}. Fix: {advice}; also check that inputs are normalised to [-1, 1]."
+        )
+
+
+class StepTimer(pl.Callback):
+    """Wall time of each training step (forward, backward, optimizer; data loading excluded).
+
+    :attr:`median_s` is the median step time, the first ``warmup`` steps left out when there are more.
+    """
+
+    def __init__(self, warmup: int = 3) -> None:
+        self.warmup = warmup
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+    @property
+    def median_s(self) -> float | None:
+        times = self.times[self.warmup :] if len(self.times) > self.warmup else self.times
+        return statistics.median(times) if times else None

@@ -1,0 +1,357 @@
+"""LightningDataModules for image classification: digits (default), CIFAR-10, ImageFolder.
+
+Every module yields images normalised to [-1, 1] (what a ``QuantStub(scale=1/128)`` expects),
+a held-out split for evaluation, and a calibration loader that reads the *training* split with
+*evaluation* transforms in a fixed order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from qat.pipeline.errors import DataError
+
+__all__ = [
+    "CIFAR10DataModule",
+    "ClassificationDataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "RandomShift",
+    "TensorImageDataset",
+]
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+class RandomShift:
+    """Random crop of a ``[C, H, W]`` tensor padded by ``pad`` pixels of ``fill`` (translation augmentation)."""
+
+    def __init__(self, pad: int, fill: float = -1.0) -> None:
+        self.pad = pad
+        self.fill = fill
+
+    def __call__(self, img: Tensor) -> Tensor:
+        if self.pad <= 0:
+            return img
+        h, w = img.shape[-2:]
+        padded = F.pad(img, (self.pad,) * 4, value=self.fill)
+        top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+        return padded[..., top : top + h, left : left + w]
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images ``[N, C, H, W]`` and labels, with an optional per-sample transform."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        img = self.images[index]
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.labels[index])
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Shared loaders and subsetting; subclasses build ``(train, val, calib)`` datasets in :meth:`build`.
+
+    ``num_classes`` is checked against the data; ``stem`` is the model stem suited to the image
+    size (read by the model config). ``limit`` caps every split at that many samples (a fixed,
+    seeded subset) for smoke runs and tests.
+    """
+
+    name = "classification"
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int,
+        stem: str = "cifar",
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        limit: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.stem = stem
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.limit = limit
+        self.seed = seed
+        self.class_names: list[str] = [str(i) for i in range(num_classes)]
+        self._splits: tuple[Dataset, Dataset, Dataset] | None = None
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        """The augmented training set, the held-out set and the training set with eval transforms."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        train, val, calib = self.build()
+        if len(train) == 0 or len(val) == 0:
+            raise DataError(f"{self.name}: empty split (train={len(train)}, held-out={len(val)}); check the data")
+        if self.limit is not None:
+            train, val, calib = self._subset(train, 0), self._subset(val, 1), self._subset(calib, 0)
+        self._splits = (train, val, calib)
+
+    def _subset(self, ds: Dataset, salt: int) -> Dataset:
+        n = len(ds)
+        if self.limit >= n:
+            return ds
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + salt)).tolist()
+        return Subset(ds, sorted(order[: self.limit]))
+
+    @property
+    def splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        self.setup()
+        assert self._splits is not None
+        return self._splits
+
+    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.splits[0], self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits[1], self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def calib_dataloader(self) -> DataLoader:
+        """Training images with eval transforms, shuffled in a fixed (seeded) order."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return self._loader(self.splits[2], self.batch_size, shuffle=True, generator=gen)
+
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        """A random input of the model's input shape, in [-1, 1)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.rand(batch_size, 3, self.image_size, self.image_size, generator=gen) * 2 - 1
+
+    def describe(self) -> dict[str, Any]:
+        train, val, _ = self.splits
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "train_samples": len(train),
+            "eval_samples": len(val),
+        }
+
+    def _check_num_classes(self, found: Sequence[str], where: str) -> None:
+        if len(found) != self.num_classes:
+            raise DataError(
+                f"{where} has {len(found)} classes but data.num_classes={self.num_classes}; "
+                f"set data.num_classes={len(found)}"
+            )
+        self.class_names = list(found)
+
+
+class DigitsDataModule(ClassificationDataModule):
+    """scikit-learn's bundled handwritten digits (1797 8×8 images, 10 classes; no download).
+
+    Images are upsampled to ``image_size``, repeated to RGB and scaled to [-1, 1]; a stratified
+    split with ``split_seed`` holds out ``val_fraction`` of them. Training augmentation is a random
+    shift (crop from a padding of ``image_size // 8``); digits are never flipped.
+    """
+
+    name = "digits"
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_size: int = 32,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        augment: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
+        if not 0.0 < val_fraction < 1.0:
+            raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.augment = augment
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        self._check_num_classes([str(c) for c in digits.target_names], "the digits data set")
+        images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
+        images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        images = (images.clamp(0, 1) * 2 - 1).expand(-1, 3, -1, -1).contiguous()
+        labels = torch.from_numpy(digits.target).long()
+        idx = torch.arange(len(labels)).numpy()
+        train_idx, val_idx = train_test_split(
+            idx, test_size=self.val_fraction, random_state=self.split_seed, stratify=digits.target
+        )
+        train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+        shift = RandomShift(self.image_size // 8, fill=-1.0) if self.augment else None
+        return (
+            TensorImageDataset(images[train_idx], labels[train_idx], shift),
+            TensorImageDataset(images[val_idx], labels[val_idx]),
+            TensorImageDataset(images[train_idx], labels[train_idx]),
+        )
+
+
+def _pil_transforms(image_size: int, augment: str) -> tuple[Callable, Callable]:
+    """(train, eval) torchvision transforms ending in a tensor scaled to [-1, 1].
+
+    ``small`` (≤ 64 px, CIFAR-style): random crop with padding + horizontal flip; ``imagenet``:
+    random-resized crop + flip, eval resize to 1/0.875 and centre crop; ``none``: eval transforms.
+    """
+    from torchvision import transforms as T
+
+    if augment == "auto":
+        augment = "small" if image_size <= 64 else "imagenet"
+    if augment not in ("small", "imagenet", "none"):
+        raise DataError(f"data.augment={augment!r}; use auto, small, imagenet or none")
+    to_tensor = [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    if augment == "imagenet":
+        eval_tf = T.Compose([T.Resize(int(round(image_size / 0.875))), T.CenterCrop(image_size), *to_tensor])
+        train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *to_tensor])
+        return train_tf, eval_tf
+    resize = [T.Resize(image_size), T.CenterCrop(image_size)]
+    eval_tf = T.Compose([*resize, *to_tensor])
+    if augment == "none":
+        return eval_tf, eval_tf
+    train_tf = T.Compose(
+        [*resize, T.RandomCrop(image_size, padding=max(1, image_size // 8)), T.RandomHorizontalFlip(), *to_tensor]
+    )
+    return train_tf, eval_tf
+
+
+class CIFAR10DataModule(ClassificationDataModule):
+    """torchvision's CIFAR-10 (python pickle format) under ``root``; downloads only with ``download=true``."""
+
+    name = "cifar10"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        download: bool = False,
+        num_classes: int = 10,
+        image_size: int = 32,
+        augment: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
+        self.root = root
+        self.download = download
+        self.augment = augment
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        from torchvision.datasets import CIFAR10
+
+        if not self.root:
+            raise DataError("data.root is not set: pass data.root=/path/to/cifar10 (add data.download=true to fetch it)")
+        root = Path(self.root).expanduser()
+        train_tf, eval_tf = _pil_transforms(self.image_size, self.augment)
+        try:
+            train = CIFAR10(str(root), train=True, transform=train_tf, download=self.download)
+            val = CIFAR10(str(root), train=False, transform=eval_tf, download=False)
+            calib = CIFAR10(str(root), train=True, transform=eval_tf, download=False)
+        except RuntimeError as err:
+            raise DataError(
+                f"CIFAR-10 not found under {root} ({err}). Point data.root at the folder holding "
+                "'cifar-10-batches-py', add data.download=true to download it, or use data=imagefolder "
+                "for a folder of images"
+            ) from err
+        self._check_num_classes(train.classes, f"CIFAR-10 at {root}")
+        return train, val, calib
+
+
+class ImageFolderDataModule(ClassificationDataModule):
+    """``root/train/<class>/*`` plus ``root/val/<class>/*`` (or ``root/test``), ImageNet-style."""
+
+    name = "imagefolder"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_classes: int = 10,
+        image_size: int = 32,
+        augment: str = "auto",
+        eval_split: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
+        self.root = root
+        self.augment = augment
+        self.eval_split = eval_split
+
+    def _split_dir(self, root: Path) -> tuple[Path, Path]:
+        if not root.is_dir():
+            raise DataError(
+                f"data root {root} does not exist. Set data.root to a folder holding train/<class>/* and "
+                "val/<class>/* (e.g. extract ../shared/data/cifar10-jpg.tar.gz into ~/.cache/qat/cifar10-jpg)"
+            )
+        train = root / "train"
+        names = [self.eval_split] if self.eval_split else ["val", "test"]
+        evals = [root / n for n in names if (root / n).is_dir()]
+        if not train.is_dir() or not evals:
+            found = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise DataError(
+                f"data root {root} needs a 'train' folder and a '{'/'.join(names)}' folder of class folders; "
+                f"found {found or 'no folders'}"
+            )
+        return train, evals[0]
+
+    @staticmethod
+    def _check_nonempty(split: Path) -> list[str]:
+        classes = sorted(p.name for p in split.iterdir() if p.is_dir())
+        if not classes:
+            raise DataError(f"{split} holds no class folders; expected {split}/<class>/<image>.jpg")
+        empty = [c for c in classes if not any(f.suffix.lower() in _IMAGE_SUFFIXES for f in (split / c).iterdir())]
+        if empty:
+            raise DataError(f"{split}: class folders without images: {empty[:5]}; remove them or add images")
+        return classes
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        from torchvision.datasets import ImageFolder
+
+        if not self.root:
+            raise DataError("data.root is not set: pass data.root=/path/with/train_and_val_folders")
+        train_dir, eval_dir = self._split_dir(Path(self.root).expanduser())
+        train_classes = self._check_nonempty(train_dir)
+        eval_classes = self._check_nonempty(eval_dir)
+        if train_classes != eval_classes:
+            raise DataError(
+                f"{train_dir} and {eval_dir} have different class folders "
+                f"({sorted(set(train_classes) ^ set(eval_classes))[:5]}...); they must match"
+            )
+        self._check_num_classes(train_classes, str(train_dir))
+        train_tf, eval_tf = _pil_transforms(self.image_size, self.augment)
+        return (
+            ImageFolder(str(train_dir), transform=train_tf),
+            ImageFolder(str(eval_dir), transform=eval_tf),
+            ImageFolder(str(train_dir), transform=eval_tf),
+        )

@@ -1,0 +1,66 @@
+"""What the ``quant`` config group asks for: which stages run and how they quantize."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from qat.pipeline.errors import ConfigError
+from qat.quant import ACTIVATION_OBSERVERS, TARGETS
+
+__all__ = ["MODES", "QuantPlan"]
+
+MODES: dict[str, tuple[str, ...]] = {
+    "float": ("float",),
+    "calib": ("float", "calib", "int8"),
+    "qat": ("float", "calib", "qat", "int8"),
+}
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """The quantization recipe (``conf/quant/*.yaml`` instantiate this).
+
+    ``mode``: ``float`` (train only), ``calib`` (PTQ: float → calibration → int8) or ``qat``
+    (float → calibration init → QAT fine-tune → int8). ``lr_scale`` multiplies the float learning
+    rate for QAT (Horizon advises 1/100). ``activation_scales``: ``fixed`` keeps the calibrated
+    activation grids during QAT, ``update`` lets their observers move until ``freeze_observer_epoch``.
+    ``freeze_bn_epoch``: QAT epoch from which BatchNorm statistics are frozen (``None``: never).
+    """
+
+    mode: str = "qat"
+    target: str = "x86"
+    calib_observer: str = "percentile"
+    calib_batches: int = 16
+    epochs: int = 0
+    lr_scale: float = 0.01
+    activation_scales: str = "fixed"
+    freeze_bn_epoch: int | None = None
+    freeze_observer_epoch: int | None = None
+    high_precision_output: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"quant.mode={self.mode!r} is unknown; use one of {sorted(MODES)} (quant=<mode>)")
+        if self.target not in TARGETS:
+            raise ConfigError(f"quant.target={self.target!r} is unknown; use one of {list(TARGETS)}")
+        if self.calib_observer not in ACTIVATION_OBSERVERS:
+            raise ConfigError(
+                f"quant.calib_observer={self.calib_observer!r} is unknown; use one of {list(ACTIVATION_OBSERVERS)}"
+            )
+        if self.activation_scales not in ("fixed", "update"):
+            raise ConfigError(f"quant.activation_scales={self.activation_scales!r}; use 'fixed' or 'update'")
+        if self.mode != "float" and self.calib_batches < 1:
+            raise ConfigError(f"quant.calib_batches must be >= 1, got {self.calib_batches}")
+        if self.mode == "qat" and self.epochs < 1:
+            raise ConfigError(f"quant.epochs must be >= 1 for QAT, got {self.epochs}")
+        if not self.lr_scale > 0:
+            raise ConfigError(f"quant.lr_scale must be positive, got {self.lr_scale}")
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Stage names in execution order."""
+        return MODES[self.mode]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
