@@ -87,4 +87,3 @@ class MatMul(_FunctionalOp):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.op.matmul(x, y)
-

@@ -38,8 +38,8 @@ class SqueezeExcite(nn.Module):
     ) -> None:
         super().__init__()
         if squeeze_channels is None:
-            squeeze_channels = make_divisible(in_channels * rd_ratio, divisor) if divisor > 1 else max(
-                1, int(in_channels * rd_ratio)
+            squeeze_channels = (
+                make_divisible(in_channels * rd_ratio, divisor) if divisor > 1 else max(1, int(in_channels * rd_ratio))
             )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.reduce = ConvModule2d(in_channels, squeeze_channels, 1, act_layer=act_layer)

@@ -226,6 +226,8 @@ def check_model(model: nn.Module, example_input: Any, raise_on_error: bool = Fal
     def post_hook(mod: nn.Module, args: tuple, out: Any) -> None:
         stack.pop()
         keep_alive.append((args, out))
+        if isinstance(mod, nn.Identity):
+            return  # returns its input object: recording it would hide the real producer
         if not list(mod.children()) or isinstance(mod, (QuantStub, DeQuantStub)):
             out_ids = _ids(out)
             calls.append(_Call(names[mod], mod, _ids(args), out_ids[0] if len(out_ids) == 1 else None))
@@ -349,7 +351,9 @@ def _check_fusion(model: nn.Module, calls: list[_Call], report: CheckReport) -> 
                         "a separate op with its own rounding, and QAT cannot fold it)",
                         "build the pair with qat.nn.ConvModule2d, or list it in the parent's fuse_patterns()")
             )  # fmt: skip
-        elif type(call.module) in (nn.ReLU, nn.ReLU6) and type(prev.module) in (nn.Conv2d, nn.BatchNorm2d) and not fused:
+        elif (
+            type(call.module) in (nn.ReLU, nn.ReLU6) and type(prev.module) in (nn.Conv2d, nn.BatchNorm2d) and not fused
+        ):
             report.findings.append(
                 Finding("unfused-conv-relu", "warning", call.name,
                         f"{type(call.module).__name__} after '{prev.name}' is not fused (an extra int8 op)",

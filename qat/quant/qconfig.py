@@ -79,7 +79,9 @@ class QuantConfig:
     def activation(self):
         """Fake-quant factory for observed activations."""
         qscheme = torch.per_tensor_symmetric if self.symmetric_activations else torch.per_tensor_affine
-        common = dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=qscheme, reduce_range=False, eps=_EPS)
+        common = dict(dtype=torch.quint8, qscheme=qscheme, reduce_range=False, eps=_EPS)
+        if not self.symmetric_activations:  # torch picks zero-point 127, not 128, for an explicit symmetric range
+            common.update(quant_min=0, quant_max=255)
         observer = {
             "moving_average": MovingAverageMinMaxObserver.with_args(averaging_constant=self.averaging_constant),
             "minmax": MinMaxObserver,
@@ -120,7 +122,9 @@ def _check_observer(name: str) -> str:
     return name
 
 
-def get_qconfig(target: str | QuantConfig = "x86", activation_observer: str | None = None, **kwargs: Any) -> QuantConfig:
+def get_qconfig(
+    target: str | QuantConfig = "x86", activation_observer: str | None = None, **kwargs: Any
+) -> QuantConfig:
     """The preset for ``target`` (``x86``, ``arm``, ``npu``), optionally with another observer.
 
     ``activation_observer``: ``moving_average`` (QAT default), ``minmax``, ``percentile``

@@ -1,0 +1,181 @@
+"""qat.quant: presets, observers, fusion, QAT state, convert, warnings and the torch.ao boundary."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import qat.nn as qnn
+from qat.quant import (
+    ACTIVATION_OBSERVERS,
+    calibrate,
+    collect_patterns,
+    compare_outputs,
+    convert,
+    disable_fake_quant,
+    disable_observer,
+    freeze_activation_observers,
+    freeze_bn_stats,
+    fuse_model,
+    get_qconfig,
+    prepare_calibration,
+    prepare_qat,
+    start_qat,
+    unconverted_layers,
+)
+from qat.quant.backend import FakeQuantizeBase, FixedQParamsFakeQuantize, MinMaxObserver, nniqat, nnq
+from qat.quant.observers import MSEObserver, PercentileObserver
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_presets_document_their_grids() -> None:
+    x86, arm, npu = get_qconfig("x86"), get_qconfig("arm"), get_qconfig("npu")
+    assert (x86.weight_quant_max, x86.engine, x86.symmetric_activations) == (63, "x86", False)
+    assert (arm.weight_quant_max, arm.engine) == (127, "qnnpack")
+    assert npu.symmetric_activations
+    w = x86.weight()()
+    assert (w.quant_min, w.quant_max, w.qscheme) == (-63, 63, torch.per_channel_symmetric)
+    with pytest.raises(ValueError, match="unknown quantization target 'tpu'"):
+        get_qconfig("tpu")
+    with pytest.raises(ValueError, match="unknown activation observer 'kl'"):
+        get_qconfig("x86", activation_observer="kl")
+
+
+def test_npu_activations_are_symmetric(user_net: nn.Module, x: Tensor) -> None:
+    model = calibrate(prepare_calibration(user_net, "npu", activation_observer="minmax"), [x])
+    q = convert(model)
+    assert int(q.stem[0].zero_point) == 128
+
+
+def _saturating_conv() -> nn.Module:
+    """Full-range u8 activations into large same-sign weights: overflows int16 pairs on AVX2 with 8-bit weights."""
+    m = nn.Sequential(qnn.QuantStub(scale=4 / 255, zero_point=0), qnn.ConvModule2d(64, 64, 3, padding=1, bias=False))
+    m.append(qnn.DeQuantStub())
+    with torch.no_grad():
+        w = m[1].conv.weight
+        w.copy_(w.abs() * (torch.rand(64, 1, 1, 1) > 0.5) * 2 - 0.5)
+    return m
+
+
+def test_x86_preset_never_saturates_and_matches_fake_quant() -> None:
+    """torch's stock x86 qconfig trains on 7-bit activations and ships 8-bit ones; ours is one grid."""
+    x = torch.rand(2, 64, 8, 8) * 4
+    fq = prepare_qat(_saturating_conv(), "x86")
+    fq(x)
+    disable_observer(fq.eval())
+    q = convert(fq)
+    assert (fq(x) - q(x)).abs().max() <= 1e-5, "int8 must equal fake-quant exactly on x86"
+
+
+@pytest.mark.parametrize("observer", ACTIVATION_OBSERVERS)
+def test_every_activation_observer_calibrates(observer: str, user_net: nn.Module, x: Tensor) -> None:
+    model = prepare_calibration(user_net, "x86", activation_observer=observer)
+    calibrate(model, [x, x * 0.9], num_batches=2)
+    disable_observer(model)
+    q = convert(model)
+    assert compare_outputs(user_net.eval(), q, [x])["rel_l2"] < 0.2  # PTQ of an untrained net vs float
+
+
+def test_percentile_clips_outliers_and_mse_clips_heavy_tails() -> None:
+    data = torch.randn(100_000)
+    data[0] = 1000.0
+    pct = PercentileObserver(percentile=99.9)
+    pct(data)
+    assert float(pct.calculate_qparams()[0]) < 10 / 255
+    tails = torch.distributions.Laplace(0.0, 1.0).sample((100_000,))
+    mse, minmax = MSEObserver(), MinMaxObserver()
+    mse(tails)
+    minmax(tails)
+    assert float(mse.calculate_qparams()[0]) < 0.95 * float(minmax.calculate_qparams()[0])  # measured 0.89
+
+
+def test_calibrate_needs_batches(user_net: nn.Module) -> None:
+    with pytest.raises(ValueError, match="no batches"):
+        calibrate(prepare_calibration(user_net), [])
+
+
+def test_fusion_is_found_without_a_list(user_net: nn.Module, x: Tensor) -> None:
+    patterns = collect_patterns(user_net)
+    assert ["stem.0", "stem.1", "stem.2"] in patterns  # plain Sequential
+    assert ["pw.conv", "pw.norm", "layer_scale"] in patterns  # declared by the model
+    assert ["dw.conv", "dw.norm"] in patterns  # declared by ConvModule2d (GELU is not fusable)
+    user_net.eval()
+    before = user_net(x)
+    fuse_model(user_net)
+    torch.testing.assert_close(user_net(x), before, rtol=1e-4, atol=1e-5)
+    assert isinstance(user_net.layer_scale, nn.Identity)
+
+
+def test_prepare_qat_swaps_and_state_controls(user_net: nn.Module, x: Tensor) -> None:
+    fq = prepare_qat(user_net)
+    assert user_net.stem[0].__class__ is nn.Conv2d, "prepare_qat copies by default"
+    assert isinstance(fq.stem[0], nniqat.ConvBnReLU2d)
+    fq(x)
+    freeze_activation_observers(fq)
+    for name, m in fq.named_modules():
+        if isinstance(m, FakeQuantizeBase):
+            assert bool(m.observer_enabled) == name.endswith("weight_fake_quant"), name
+    freeze_bn_stats(fq)
+    assert all(m.freeze_bn for m in fq.modules() if isinstance(m, nniqat.ConvBn2d | nniqat.ConvBnReLU2d))
+    disable_fake_quant(fq)
+    fixed = [m for m in fq.modules() if isinstance(m, FixedQParamsFakeQuantize)]
+    assert fixed and all(bool(m.fake_quant_enabled) for m in fixed)
+
+
+def test_calibration_continues_into_qat(user_net: nn.Module, x: Tensor) -> None:
+    model = calibrate(prepare_calibration(user_net), [x])
+    scale = float(model.dw.conv.activation_post_process.scale)
+    start_qat(model, fixed_activation_scales=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        loss = model(x * 3).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(model.dw.conv.activation_post_process.scale) == scale, "fixed activation scales must not move"
+
+
+def test_convert_requires_prepared_model(user_net: nn.Module) -> None:
+    with pytest.raises(ValueError, match="prepare_qat"):
+        convert(user_net)
+
+
+def test_high_precision_output_keeps_classifier_float(user_net: nn.Module, x: Tensor) -> None:
+    fq = prepare_qat(user_net, high_precision_output=True)
+    fq(x)
+    q = convert(disable_observer(fq.eval()))
+    fc = q.fc[1]
+    assert type(fc) is nn.Linear and isinstance(q.fc[0], nnq.DeQuantize)
+    assert unconverted_layers(q) == ["fc.1"]
+    assert compare_outputs(fq, q, [x])["rel_l2"] < 0.02
+
+
+def test_no_torch_ao_import_outside_qat_quant() -> None:
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "qat").rglob("*.py")
+        if "torch.ao" in p.read_text() and p.parent.name != "quant"
+    ]
+    assert offenders == []
+
+
+def test_deprecation_warnings_filtered_narrowly() -> None:
+    """torch.ao's notices are silenced by exact message; a user's own DeprecationWarning still fires."""
+    code = (
+        "import warnings, torch\n"
+        "import qat.nn as qnn\n"
+        "from qat.quant import prepare_qat, convert\n"
+        "m = torch.nn.Sequential(qnn.QuantStub(), qnn.ConvModule2d(3, 4, 3, norm_layer='bn'), qnn.DeQuantStub())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    fq = prepare_qat(m); fq(torch.rand(2, 3, 8, 8)); q = convert(fq.eval()); q(torch.rand(2, 3, 8, 8))\n"
+        "    warnings.warn('users keep theirs', DeprecationWarning)\n"
+        "print([str(w.message)[:40] for w in caught])\n"
+    )
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['users keep theirs']", out.stdout + out.stderr
