@@ -32,11 +32,9 @@ class SpaceToDepth(nn.Module):
 class Interpolate(nn.Module):
     """Resize by ``scale_factor`` or to ``size`` (``nearest`` or ``bilinear``).
 
-    The int8 result keeps its input's grid: ``nearest`` is exact to the fake-quant model,
-    ``bilinear`` rounds its averages to that grid (within half a step).
+    In int8, ``nearest`` copies int8 values (keeps the input grid); ``bilinear`` averages them
+    and rounds once to its own observed grid -- both exact to the fake-quant model.
     """
-
-    int8_policy = Int8Policy("passthrough")
 
     def __init__(
         self,
@@ -54,6 +52,7 @@ class Interpolate(nn.Module):
         self.scale_factor = scale_factor
         self.mode = mode
         self.align_corners = (align_corners or False) if mode == "bilinear" else None
+        self.int8_policy = Int8Policy("passthrough" if mode == "nearest" else "requant")
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Resize ``x``; a ``size`` given here (e.g. another feature map's) overrides the configured one."""

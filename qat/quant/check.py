@@ -183,10 +183,12 @@ def _has_int8_form(module: nn.Module, static_mapping: dict) -> bool:
 def _observed(module: nn.Module) -> bool:
     """Would this module (or anything inside it) carry an observer or weights?"""
     for m in module.modules():
-        if isinstance(m, _PASSTHROUGH_LEAVES):
-            continue
         policy = policy_for(m)
-        if policy is not None and policy.kind == "passthrough":
+        if policy is not None:
+            if policy.kind == "passthrough":
+                continue
+            return True
+        if isinstance(m, _PASSTHROUGH_LEAVES):
             continue
         if not list(m.children()) or isinstance(m, FloatFunctional):
             return True

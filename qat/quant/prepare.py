@@ -25,7 +25,7 @@ from qat.quant.backend import (
     tq,
 )
 from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
-from qat.quant.int8_ops import QuantizedLUT, QuantizedSoftmax, policy_for
+from qat.quant.int8_ops import QuantizedLUT, QuantizedRequant, QuantizedSoftmax, policy_for
 from qat.quant.qconfig import QuantConfig, get_qconfig
 
 __all__ = [
@@ -260,6 +260,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         policy = policy_for(m)
         if policy is not None and policy.kind == "lut":
             mapping[type(m)] = QuantizedLUT
+        elif policy is not None and policy.kind == "requant":
+            mapping[type(m)] = QuantizedRequant
         elif policy is not None and policy.kind == "softmax":
             mapping[type(m)] = QuantizedSoftmax
     tq.convert(model, mapping=mapping, inplace=True)
