@@ -141,9 +141,11 @@ def test_calibration_continues_into_qat(user_net: nn.Module, x: Tensor) -> None:
     assert float(model.dw.conv.activation_post_process.scale) == scale, "fixed activation scales must not move"
 
 
-def test_convert_requires_prepared_model(user_net: nn.Module) -> None:
+def test_convert_requires_prepared_and_observed_model(user_net: nn.Module) -> None:
     with pytest.raises(ValueError, match="prepare_qat"):
         convert(user_net)
+    with pytest.raises(ValueError, match=r"never saw data .*run calibrate\(model, batches\)"):
+        convert(prepare_calibration(user_net))
 
 
 def test_high_precision_output_keeps_classifier_float(user_net: nn.Module, x: Tensor) -> None:

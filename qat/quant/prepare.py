@@ -242,6 +242,22 @@ def start_qat(model: nn.Module, fixed_activation_scales: bool = True) -> nn.Modu
     return model
 
 
+def _check_observed(model: nn.Module) -> None:
+    """Refuse to convert layers whose output observers never saw data (torch would use scale 1.0)."""
+    blind = []
+    for name, m in model.named_modules():
+        fq = getattr(m, "activation_post_process", None)
+        observer = getattr(fq, "activation_post_process", None)
+        observed = hasattr(m, "weight_fake_quant") and hasattr(observer, "min_val")
+        if observed and (observer.min_val.numel() == 0 or not torch.isfinite(observer.min_val).all()):
+            blind.append(name)
+    if blind:
+        raise ValueError(
+            f"convert(): the output observers of {len(blind)} layer(s) never saw data ({', '.join(blind[:3])}"
+            f"{', ...' if len(blind) > 3 else ''}); run calibrate(model, batches) or train the QAT model first"
+        )
+
+
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """The real int8 model (eval mode, quantized kernels) from a prepared fake-quant model.
 
@@ -251,6 +267,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     cfg = getattr(model, _QCONFIG_ATTR, None)
     if cfg is None:
         raise ValueError("convert() needs a model returned by prepare_qat()/prepare_calibration()")
+    _check_observed(model)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
