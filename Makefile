@@ -22,7 +22,7 @@ demo: $(STAMP)
 ## Lint + the whole test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -52,3 +52,8 @@ def user_net() -> UserNet:
 def x() -> Tensor:
     """A batch of inputs normalised to [-1, 1), as the fixed-scale QuantStub expects."""
     return torch.rand(4, 3, 16, 16) * 2 - 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per test process: `make test` runs two pytest-xdist workers on two cores."""
+    torch.set_num_threads(1)

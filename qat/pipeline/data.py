@@ -272,7 +272,9 @@ class CIFAR10DataModule(ClassificationDataModule):
         from torchvision.datasets import CIFAR10
 
         if not self.root:
-            raise DataError("data.root is not set: pass data.root=/path/to/cifar10 (add data.download=true to fetch it)")
+            raise DataError(
+                "data.root is not set: pass data.root=/path/to/cifar10 (add data.download=true to fetch it)"
+            )
         root = Path(self.root).expanduser()
         train_tf, eval_tf = _pil_transforms(self.image_size, self.augment)
         try:

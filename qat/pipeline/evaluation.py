@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,23 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["EvalResult", "evaluate_model", "prediction_agreement"]
+__all__ = ["EvalResult", "evaluate_model", "prediction_agreement", "quantized_kernels_allowed"]
+
+
+@contextlib.contextmanager
+def quantized_kernels_allowed() -> Iterator[None]:
+    """Lift ``torch.use_deterministic_algorithms`` (set by ``deterministic=true`` training) for int8 inference.
+
+    torch flags its quantized CPU kernels (``quantized_resize_cpu_``) as nondeterministic and
+    refuses them in that mode, although they compute the same result on every run.
+    """
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @dataclass
@@ -30,7 +47,9 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, batches: Iterable[Any], num_classes: int, progress: str | None = None) -> EvalResult:
+def evaluate_model(
+    model: nn.Module, batches: Iterable[Any], num_classes: int, progress: str | None = None
+) -> EvalResult:
     """Evaluate ``model`` (in eval mode, on CPU) over ``(input, target)`` batches with torchmetrics.
 
     A real int8 model is evaluated as it is (quantized kernels), never through fake-quant.
@@ -46,12 +65,13 @@ def evaluate_model(model: nn.Module, batches: Iterable[Any], num_classes: int, p
         from tqdm.auto import tqdm
 
         it = tqdm(batches, desc=progress, leave=False)
-    for x, y in it:
-        logits = model(x).float()
-        loss.update(F.cross_entropy(logits, y, reduction="none"))
-        top1.update(logits, y)
-        top5.update(logits, y)
-        preds.append(logits.argmax(1))
+    with quantized_kernels_allowed():
+        for x, y in it:
+            logits = model(x).float()
+            loss.update(F.cross_entropy(logits, y, reduction="none"))
+            top1.update(logits, y)
+            top5.update(logits, y)
+            preds.append(logits.argmax(1))
     predictions = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
     if predictions.numel() == 0:
         raise ValueError("evaluate_model() got no batches")

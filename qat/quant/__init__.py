@@ -4,7 +4,7 @@ This is the only package that touches ``torch.ao.quantization`` (through ``qat.q
 """
 
 from qat.quant.check import CheckReport, Finding, ModelCheckError, check_model
-from qat.quant.compare import compare_outputs
+from qat.quant.compare import compare_layers, compare_outputs, replay_ops
 from qat.quant.fuse import collect_patterns, fuse_model
 from qat.quant.int8_ops import INT8_POLICIES, Int8Policy
 from qat.quant.prepare import (
@@ -36,6 +36,7 @@ __all__ = [
     "calibrate",
     "check_model",
     "collect_patterns",
+    "compare_layers",
     "compare_outputs",
     "convert",
     "disable_fake_quant",
@@ -48,6 +49,7 @@ __all__ = [
     "get_qconfig",
     "prepare_calibration",
     "prepare_qat",
+    "replay_ops",
     "start_qat",
     "unconverted_layers",
     "unfreeze_bn_stats",

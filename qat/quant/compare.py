@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["compare_outputs"]
+__all__ = ["compare_layers", "compare_outputs", "replay_ops"]
 
 
 @torch.no_grad()
@@ -39,3 +39,105 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module, batches: Iterabl
         "max_abs": max_abs,
         "top1_agreement": agree / total if total else float("nan"),
     }
+
+
+@torch.no_grad()
+def compare_layers(reference: nn.Module, candidate: nn.Module, x: Tensor) -> list[tuple[str, float]]:
+    """Per-layer relative L2 error of ``candidate`` (e.g. int8) against ``reference`` (fake-quant).
+
+    Outputs of same-named modules are captured with hooks (int8 ones dequantized); returned in
+    execution order, so the first large error points at the op where the models part ways.
+    """
+    captured: dict[str, dict[str, Tensor]] = {"ref": {}, "cand": {}}
+
+    def grab(store: dict[str, Tensor], name: str):
+        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            if isinstance(out, Tensor) and name not in store:
+                store[name] = out.dequantize() if out.is_quantized else out.float()
+
+        return hook
+
+    handles = []
+    for key, model in (("ref", reference), ("cand", candidate)):
+        model.eval()
+        for name, mod in model.named_modules():
+            if name and "activation_post_process" not in name and "fake_quant" not in name:
+                handles.append(mod.register_forward_hook(grab(captured[key], name)))
+    try:
+        reference(x)
+        candidate(x)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for name, ref in captured["ref"].items():
+        cand = captured["cand"].get(name)
+        if cand is not None and cand.shape == ref.shape:
+            rows.append((name, float((cand - ref).norm() / ref.norm().clamp_min(1e-12))))
+    return rows
+
+
+_QF_METHODS = ("add", "add_relu", "mul", "mul_scalar", "add_scalar", "matmul", "cat")
+
+
+@torch.no_grad()
+def replay_ops(fake_quant_model: nn.Module, int8_model: nn.Module, x: Tensor) -> dict[str, float]:
+    """Feed every int8 op its own int8 inputs through the matching fake-quant op, and compare.
+
+    Model-level agreement of random-init nets is chaotic: one float32 near-tie (127.4999 vs the
+    integer 127.5) flips a code and spreads. Per op, int8 must equal fake-quant up to such ties.
+    Returns ``mismatched`` (elements differing), ``compared``, ``worst_steps`` (largest
+    difference in output grid steps) and ``worst_op`` (where it happened).
+    """
+    calls: list[tuple[str, str | None, tuple, dict, Any]] = []
+    handles = []
+    restore: list[tuple[nn.Module, str]] = []
+    for path, mod in int8_model.named_modules():
+        if hasattr(mod, "add_relu") and hasattr(mod, "mul_scalar"):  # a QFunctional
+            for meth in _QF_METHODS:
+                original = getattr(mod, meth)
+
+                def wrapped(*args, _o=original, _p=path, _m=meth, **kwargs):
+                    out = _o(*args, **kwargs)
+                    calls.append((_p, _m, args, kwargs, out))
+                    return out
+
+                setattr(mod, meth, wrapped)
+                restore.append((mod, meth))
+        elif path and not list(mod.children()) or type(mod).__name__ in ("QuantizedLUT", "QuantizedRequant"):
+            handles.append(
+                mod.register_forward_hook(
+                    lambda m, a, kw, o, _p=path: calls.append((_p, None, a, kw, o)), with_kwargs=True
+                )
+            )
+    try:
+        int8_model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, meth in restore:
+            delattr(mod, meth)
+    fake_quant_model.eval()
+    mismatched = compared = 0
+    worst, worst_op = 0.0, ""
+    for path, meth, args, kwargs, out in calls:
+        first = args[0][0] if meth == "cat" else args[0]
+        if not (isinstance(out, Tensor) and out.is_quantized and isinstance(first, Tensor) and first.is_quantized):
+            continue
+        ins = [_dequant(a) for a in args]
+        fq_op = fake_quant_model.get_submodule(path)
+        ref = getattr(fq_op, meth)(*ins, **kwargs) if meth else fq_op(*ins, **kwargs)
+        steps = (ref - out.dequantize()).abs() / out.q_scale()
+        mismatched += int((steps > 1e-3).sum())
+        compared += steps.numel()
+        if float(steps.max()) > worst:
+            worst, worst_op = float(steps.max()), path
+    return {"mismatched": mismatched, "compared": compared, "worst_steps": worst, "worst_op": worst_op}
+
+
+def _dequant(a: Any) -> Any:
+    if isinstance(a, Tensor):
+        return a.dequantize()
+    if isinstance(a, (list, tuple)):
+        return [_dequant(t) for t in a]
+    return a

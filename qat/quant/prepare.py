@@ -22,6 +22,7 @@ from qat.quant.backend import (
     get_default_qconfig_propagation_list,
     get_default_static_quant_module_mappings,
     nniqat,
+    nnq,
     tq,
 )
 from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
@@ -244,13 +245,22 @@ def start_qat(model: nn.Module, fixed_activation_scales: bool = True) -> nn.Modu
 
 def _check_observed(model: nn.Module) -> None:
     """Refuse to convert layers whose output observers never saw data (torch would use scale 1.0)."""
-    blind = []
+    blind, broken = [], []
     for name, m in model.named_modules():
         fq = getattr(m, "activation_post_process", None)
         observer = getattr(fq, "activation_post_process", None)
-        observed = hasattr(m, "weight_fake_quant") and hasattr(observer, "min_val")
-        if observed and (observer.min_val.numel() == 0 or not torch.isfinite(observer.min_val).all()):
+        if not (hasattr(m, "weight_fake_quant") and hasattr(observer, "min_val")):
+            continue
+        lo = observer.min_val
+        if lo.numel() == 0 or bool(torch.isinf(lo).all()):
             blind.append(name)
+        elif not bool(torch.isfinite(lo).all() and torch.isfinite(observer.max_val).all()):
+            broken.append(name)
+    if broken:
+        raise ValueError(
+            f"convert(): layer(s) {', '.join(broken[:3])} observed NaN/inf activations -- training diverged; "
+            "lower the learning rate or restart QAT from the calibrated model"
+        )
     if blind:
         raise ValueError(
             f"convert(): the output observers of {len(blind)} layer(s) never saw data ({', '.join(blind[:3])}"
@@ -282,4 +292,26 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         elif policy is not None and policy.kind == "softmax":
             mapping[type(m)] = QuantizedSoftmax
     tq.convert(model, mapping=mapping, inplace=True)
+    _clamp_int8_weights(model, cfg)
     return model
+
+
+def _clamp_int8_weights(model: nn.Module, cfg: QuantConfig) -> None:
+    """Clamp int8 weights to the fake-quant range (±63 on x86), as fake-quant did in training.
+
+    Weight scales are observed on the forward before the last optimizer step; a weight that grew
+    past them is clamped by fake-quant but would be stored as 64 or 65 by torch's convert.
+    """
+    fq = cfg.weight()()
+    lo, hi = fq.quant_min, fq.quant_max
+    for m in model.modules():
+        if not isinstance(m, (nnq.Conv2d, nnq.Linear)):
+            continue
+        w = m.weight()
+        ints = w.int_repr()
+        if ints.min() >= lo and ints.max() <= hi:
+            continue
+        w = torch._make_per_channel_quantized_tensor(
+            ints.clamp(lo, hi), w.q_per_channel_scales(), w.q_per_channel_zero_points(), w.q_per_channel_axis()
+        )
+        m.set_weight_bias(w, m.bias())

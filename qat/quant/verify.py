@@ -10,7 +10,7 @@ from torch import nn
 
 from qat.quant.backend import nnq
 from qat.quant.check import CheckReport, check_model
-from qat.quant.compare import compare_outputs
+from qat.quant.compare import compare_outputs, replay_ops
 from qat.quant.prepare import convert, disable_observer, prepare_qat
 from qat.quant.qconfig import QuantConfig
 
@@ -36,6 +36,7 @@ class VerifyResult:
     int8_model: nn.Module
     fake_quant_model: nn.Module
     agreement: dict[str, float]
+    ops: dict[str, float]
     unconverted: list[str]
 
 
@@ -44,16 +45,18 @@ def verify_model(
     example_input: torch.Tensor,
     qconfig: str | QuantConfig = "x86",
     steps: int = 3,
-    lr: float = 0.01,
+    lr: float = 1e-3,
 ) -> VerifyResult:
     """float forward/backward → ``check_model`` → ``prepare_qat`` → SGD steps → ``convert`` → compare.
 
-    The QAT steps distil the fake-quant model towards the float model's output (an MSE loss),
+    The QAT steps distil the fake-quant model towards the float model's output (a relative MSE loss,
+    clipped gradients),
     so scales stay representative of real use.
 
     Raises if the float backward gives no gradient or ``check_model`` finds errors; returns the
-    int8-vs-fake-quant agreement (``rel_l2``, ``max_abs``, ``top1_agreement``) and any layer
-    left unconverted, for the caller to assert bounds on.
+    int8-vs-fake-quant agreement at the output (``rel_l2``, ``max_abs``, ``top1_agreement``),
+    per op (:func:`~qat.quant.replay_ops`) and any layer left unconverted, for the caller to
+    assert bounds on.
     """
     model.train()
     out = _flat(model(example_input))
@@ -67,16 +70,21 @@ def verify_model(
     fq = prepare_qat(model.train(), qconfig)
     with torch.no_grad():
         fq(example_input)  # one observing pass, so even steps=0 converts from real ranges
-    opt = torch.optim.SGD(fq.parameters(), lr=lr, momentum=0.9)
+    opt = torch.optim.SGD(fq.parameters(), lr=lr)
+    # Random-init nets in eval mode can output values of 1e6+: a scale-free loss and clipped
+    # gradients keep the steps small, as real fine-tuning does, instead of blowing the weights up.
+    norm = target.square().mean().clamp_min(1e-12)
     for _ in range(steps):
-        loss = torch.nn.functional.mse_loss(_flat(fq(example_input)).float(), target)
+        loss = torch.nn.functional.mse_loss(_flat(fq(example_input)).float(), target) / norm
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(fq.parameters(), 1.0)
         opt.step()
     fq.eval()
     disable_observer(fq)  # observers run in eval mode too: freeze the grids that convert() uses
     q = convert(fq)
-    return VerifyResult(report, q, fq, _agreement(fq, q, example_input), unconverted_layers(q))
+    ops = replay_ops(fq, q, example_input)
+    return VerifyResult(report, q, fq, _agreement(fq, q, example_input), ops, unconverted_layers(q))
 
 
 def _flat(y: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -64,6 +64,8 @@ class GhostBottleneck(nn.Module):
 
     The shortcut is the identity when shapes match, else depthwise k×k (stride) + BN → 1×1 + BN.
     SE follows GhostNet: hard-sigmoid gate, squeeze channels ``make_divisible(mid·se_ratio, 4)``.
+    ``dw_conv`` forces the middle depthwise conv on or off (default: present iff ``stride > 1``), so
+    a down-sampling block can run at stride 1 with unchanged parameters (small-input stems).
     """
 
     def __init__(
@@ -75,13 +77,16 @@ class GhostBottleneck(nn.Module):
         stride: int = 1,
         se_ratio: float = 0.0,
         act_layer: _Act = "relu",
+        dw_conv: bool | None = None,
     ) -> None:
         super().__init__()
         pad = (dw_kernel_size - 1) // 2
+        if dw_conv is False and stride > 1:
+            raise ValueError("a stride > 1 GhostBottleneck needs its depthwise conv (dw_conv=False given)")
         self.ghost1 = GhostModule(in_channels, mid_channels, act_layer=act_layer)
         self.conv_dw = (
             ConvModule2d(mid_channels, mid_channels, dw_kernel_size, stride, pad, groups=mid_channels, norm_layer="bn")
-            if stride > 1
+            if (stride > 1 if dw_conv is None else dw_conv)
             else None
         )
         self.se = (

@@ -191,7 +191,13 @@ class FusedInvertedBottleneck(nn.Module):
         super().__init__()
         hidden = make_divisible(in_channels * expand_ratio, 8)
         self.expand = ConvModule2d(
-            in_channels, hidden, kernel_size, stride=stride, padding=_pad(kernel_size), norm_layer="bn", act_layer=act_layer
+            in_channels,
+            hidden,
+            kernel_size,
+            stride=stride,
+            padding=_pad(kernel_size),
+            norm_layer="bn",
+            act_layer=act_layer,
         )
         self.project = ConvModule2d(hidden, out_channels, 1, norm_layer="bn")
         self.add = Add() if stride == 1 and in_channels == out_channels else None

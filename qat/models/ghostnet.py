@@ -1,0 +1,115 @@
+"""Quantizable GhostNet (Han et al., 2020), in the layout of the official / timm ``ghostnet_100``.
+
+``QuantStub → conv_stem (3×3 s2) → 16 ghost bottlenecks → 1×1 conv (960) → pool → conv_head
+(1×1, 1280, ReLU) → dropout → classifier → DeQuantStub``. Keyword arguments:
+
+- ``input_scale`` (1/128): fixed input grid for inputs in [-1, 1); ``None`` observes it;
+- ``stem="cifar"``: the stem conv *and* the first stride-2 bottleneck (16 → 24 channels) get
+  stride 1 (no parameters change), so the network down-samples 8× instead of 32× and a 32×32
+  input ends on a 4×4 map;
+- ``include_top=False``: no 960/1280 head convs and no classifier; ``forward`` returns the four
+  stage outputs (strides 4, 8, 16, 32; with the CIFAR stem 1, 2, 4, 8), one ``DeQuantStub`` each.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qat.models.registry import register_model
+from qat.nn.blocks.ghost import GhostBottleneck
+from qat.nn.conv import ConvModule2d
+from qat.nn.se import make_divisible
+from qat.nn.stubs import DeQuantStub, QuantStub
+
+__all__ = ["GhostNet", "ghostnet_x1_0"]
+
+# One tuple per bottleneck: (kernel, expanded, out, se_ratio, stride) -- the paper's table 1.
+_CFG = (
+    (3, 16, 16, 0.0, 1),
+    (3, 48, 24, 0.0, 2),
+    (3, 72, 24, 0.0, 1),
+    (5, 72, 40, 0.25, 2),
+    (5, 120, 40, 0.25, 1),
+    (3, 240, 80, 0.0, 2),
+    (3, 200, 80, 0.0, 1),
+    (3, 184, 80, 0.0, 1),
+    (3, 184, 80, 0.0, 1),
+    (3, 480, 112, 0.25, 1),
+    (3, 672, 112, 0.25, 1),
+    (5, 672, 160, 0.25, 2),
+    (5, 960, 160, 0.0, 1),
+    (5, 960, 160, 0.25, 1),
+    (5, 960, 160, 0.0, 1),
+    (5, 960, 160, 0.25, 1),
+)
+
+
+class GhostNet(nn.Module):
+    """GhostNet at ``width`` (channels ``make_divisible(c·width, 4)``, as the reference).
+
+    Parameters at 1000 classes: width 0.5 → 2,587,292 and 1.3 → 7,358,820 (the paper's table 7:
+    2.6M and 7.3M); 1.0 is registered as ``ghostnet_x1_0``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width: float = 1.0,
+        stem: str = "imagenet",
+        include_top: bool = True,
+        input_scale: float | None = 1 / 128,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        cifar = stem == "cifar"
+        self.quant = QuantStub(scale=input_scale)
+        c = make_divisible(16 * width, 4)
+        self.conv_stem = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu")
+        pre: list[nn.Module] = []
+        groups: list[list[nn.Module]] = []
+        first_down = True
+        for k, exp, out, se, s in _CFG:
+            mid, out = make_divisible(exp * width, 4), make_divisible(out * width, 4)
+            stride = 1 if (s == 2 and cifar and first_down) else s
+            first_down = first_down and s == 1
+            block = GhostBottleneck(c, mid, out, k, stride, se, dw_conv=s > 1)
+            if s == 2:
+                groups.append([])
+            (groups[-1] if groups else pre).append(block)
+            c = out
+        self.pre = nn.Sequential(*pre)
+        self.stages = nn.ModuleList(nn.Sequential(*g) for g in groups)
+        self.feature_channels = [g[-1].ghost2.out_channels for g in groups]
+        self.include_top = include_top
+        if include_top:
+            last = make_divisible(960 * width, 4)
+            self.conv_last = ConvModule2d(c, last, 1, norm_layer="bn", act_layer="relu")
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.conv_head = ConvModule2d(last, 1280, 1, act_layer="relu")
+            self.dropout = nn.Dropout(dropout)
+            self.classifier = nn.Linear(1280, num_classes)
+            self.dequant = DeQuantStub()
+        else:
+            self.dequants = nn.ModuleList(DeQuantStub() for _ in groups)
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        x = self.pre(self.conv_stem(self.quant(x)))
+        if self.include_top:
+            for stage in self.stages:
+                x = stage(x)
+            x = self.conv_head(self.pool(self.conv_last(x)))
+            return self.dequant(self.classifier(self.dropout(torch.flatten(x, 1))))
+        features = []
+        for stage, dequant in zip(self.stages, self.dequants):
+            x = stage(x)
+            features.append(dequant(x))
+        return features
+
+
+@register_model
+def ghostnet_x1_0(num_classes: int = 1000, **kwargs) -> GhostNet:
+    """GhostNet 1.0×: 5,182,508 parameters vs the paper's 5.2M (0.3 % below; the paper rounds to 0.1M)."""
+    return GhostNet(num_classes=num_classes, width=1.0, **kwargs)

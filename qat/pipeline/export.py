@@ -1,0 +1,129 @@
+"""Export of the real int8 model, and rebuilding it from the exported state.
+
+``int8/model_int8.ts`` is a traced TorchScript module: ``torch.jit.load`` runs it with plain
+torch (no ``qat`` import). ``int8/int8_state.pt`` holds the int8 ``state_dict`` plus the
+resolved run config; :func:`rebuild_int8` replays create_model → prepare → convert and loads it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+
+from qat.pipeline.errors import CheckpointError
+from qat.pipeline.plan import QuantPlan
+from qat.quant import convert, get_qconfig, prepare_calibration
+
+__all__ = [
+    "FORMAT",
+    "INT8_STATE",
+    "TORCHSCRIPT",
+    "export_int8",
+    "find_int8_state",
+    "load_int8_state",
+    "plan_from_config",
+    "rebuild_int8",
+]
+
+FORMAT = "qat-int8/1"
+TORCHSCRIPT = "model_int8.ts"
+INT8_STATE = "int8_state.pt"
+
+
+def _module_qparams(model: nn.Module, state_keys: set[str]) -> dict[str, tuple[float, int]]:
+    """Output grids held as plain attributes (not in the state dict), e.g. lookup-table activations."""
+    found = {}
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        scale, zp = getattr(m, "scale", None), getattr(m, "zero_point", None)
+        if isinstance(scale, float) and isinstance(zp, int) and f"{prefix}scale" not in state_keys:
+            found[name] = (scale, zp)
+    return found
+
+
+def export_int8(
+    int8_model: nn.Module,
+    example_input: Tensor,
+    config: dict[str, Any],
+    out_dir: Path,
+    metrics: dict[str, Any],
+    class_names: list[str],
+) -> dict[str, str]:
+    """Write ``model_int8.ts`` and ``int8_state.pt`` under ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    int8_model = int8_model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated")
+        # qparams become constants of the traced graph, which is what an int8 deployment wants.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace(int8_model, example_input, check_trace=False)
+    ts_path = out_dir / TORCHSCRIPT
+    traced.save(str(ts_path))
+    state = int8_model.state_dict()
+    plan = plan_from_config(config)
+    payload = {
+        "format": FORMAT,
+        "state_dict": state,
+        "module_qparams": _module_qparams(int8_model, set(state)),
+        "config": config,
+        "engine": get_qconfig(plan.target).engine,
+        "input_shape": list(example_input.shape[1:]),
+        "class_names": class_names,
+        "metrics": metrics,
+    }
+    state_path = out_dir / INT8_STATE
+    torch.save(payload, state_path)
+    return {"torchscript": str(ts_path), "state": str(state_path)}
+
+
+def find_int8_state(path: str | Path) -> Path:
+    """``int8_state.pt`` given itself, an ``int8/`` folder or a run folder."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / INT8_STATE, path / "int8" / INT8_STATE):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no {INT8_STATE} at {path}: pass a run folder of a quant=calib/qat run, its int8/ folder or the file itself"
+    )
+
+
+def load_int8_state(path: str | Path) -> dict[str, Any]:
+    """Read an exported ``int8_state.pt`` (checked for format)."""
+    file = find_int8_state(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated")
+            payload = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {err}); re-export the run") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not an int8 export of this pipeline (expected format {FORMAT})")
+    return payload
+
+
+def plan_from_config(config: dict[str, Any]) -> QuantPlan:
+    """The :class:`QuantPlan` of a resolved run config."""
+    return QuantPlan(**{k: v for k, v in config["quant"].items() if k != "_target_"})
+
+
+def rebuild_int8(payload: dict[str, Any]) -> nn.Module:
+    """The int8 model from an export: build the float model, prepare, convert, load the int8 state."""
+    config = payload["config"]
+    plan = plan_from_config(config)
+    model = instantiate(config["model"])
+    fake_quant = prepare_calibration(
+        model, plan.target, activation_observer=plan.calib_observer, high_precision_output=plan.high_precision_output
+    )
+    with torch.no_grad():
+        fake_quant(torch.zeros(1, *payload["input_shape"]))
+    int8_model = convert(fake_quant)
+    int8_model.load_state_dict(payload["state_dict"])
+    for name, (scale, zero_point) in payload["module_qparams"].items():
+        module = int8_model.get_submodule(name) if name else int8_model
+        module.scale, module.zero_point = scale, zero_point
+    return int8_model.eval()

@@ -1,0 +1,173 @@
+"""Lightweight-zoo blocks: each passes the int8 contract (verify_model) and does what its paper says."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import qat.nn as qnn
+from qat.nn.blocks.litehrnet import _AvgPoolTo
+from qat.quant import verify_model
+
+# Measured: int8 equals the fake-quant model bit for bit (rel_l2 == 0.0) for every block below;
+# the bound leaves room for an occasional rounding tie.
+REL_L2_BOUND = 0.01
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The test machine's cores are shared: one intra-op thread is several times faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _wrap(block: nn.Module) -> nn.Module:
+    return nn.Sequential(qnn.QuantStub(scale=1 / 128), block, qnn.DeQuantStub())
+
+
+class _Branches(nn.Module):
+    """Quantized input → one stride-2^i conv per branch → a multi-branch block → one DeQuantStub each."""
+
+    def __init__(self, block: nn.Module, channels: list[int]) -> None:
+        super().__init__()
+        self.quant = qnn.QuantStub(scale=1 / 128)
+        self.proj = nn.ModuleList(
+            qnn.ConvModule2d(3, c, 3, 2**i, 1, norm_layer="bn", act_layer="relu") for i, c in enumerate(channels)
+        )
+        self.block = block
+        self.dequants = nn.ModuleList(qnn.DeQuantStub() for _ in channels)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.quant(x)
+        out = self.block([p(x) for p in self.proj])
+        return [dq(o) for dq, o in zip(self.dequants, out)]
+
+
+_BR = [8, 16, 32]
+BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "shuffle_v2_s1": (lambda: _wrap(qnn.ShuffleV2Block(16, 16, 1)), (2, 16, 16, 16)),
+    "shuffle_v2_s2": (lambda: _wrap(qnn.ShuffleV2Block(16, 32, 2)), (2, 16, 16, 16)),
+    "ghost_module_odd": (lambda: _wrap(qnn.GhostModule(16, 15)), (2, 16, 16, 16)),
+    "ghost_bottleneck": (lambda: _wrap(qnn.GhostBottleneck(16, 48, 16)), (2, 16, 16, 16)),
+    "ghost_bottleneck_se_s2": (lambda: _wrap(qnn.GhostBottleneck(16, 48, 24, 5, 2, 0.25)), (2, 16, 16, 16)),
+    "sandglass_residual": (lambda: _wrap(qnn.SandGlass(32, 32, 1, 2)), (2, 32, 16, 16)),
+    "sandglass_s2": (lambda: _wrap(qnn.SandGlass(32, 48, 2, 2, dw_in=False)), (2, 32, 16, 16)),
+    "sandglass_partial_identity": (lambda: _wrap(qnn.SandGlass(32, 32, 1, 2, identity_ratio=0.5)), (2, 32, 16, 16)),
+    "lcnet_se": (lambda: _wrap(qnn.LCNetBlock(16, 32, 5, 2, use_se=True)), (2, 16, 16, 16)),
+    "coordinate_attention": (lambda: _wrap(qnn.CoordinateAttention(16)), (2, 16, 16, 12)),
+    "eca": (lambda: _wrap(qnn.ECA(16, 3)), (2, 16, 16, 16)),
+    "inverted_residual_ca": (lambda: _wrap(qnn.InvertedResidualAttention(16, 16, 1, 6, "ca")), (2, 16, 16, 16)),
+    "inverted_residual_eca": (
+        lambda: _wrap(qnn.InvertedResidualAttention(16, 24, 2, 6, "eca", eca_kernel=3)),
+        (2, 16, 16, 16),
+    ),
+    "litehr_stem": (lambda: _wrap(qnn.LiteHRStem(3, 32, 32, 1.0, 1, 1)), (2, 3, 16, 16)),
+    "spatial_weighting": (lambda: _wrap(qnn.SpatialWeighting(16)), (2, 16, 16, 16)),
+    "cross_resolution_weighting": (lambda: _Branches(qnn.CrossResolutionWeighting(_BR, 4), _BR), (2, 3, 16, 16)),
+    "conditional_channel_weighting": (
+        lambda: _Branches(qnn.ConditionalChannelWeighting(_BR, reduce_ratio=4), _BR),
+        (2, 3, 16, 16),
+    ),
+    "litehr_module": (lambda: _Branches(qnn.LiteHRModule(_BR, 1, 4), _BR), (2, 3, 16, 16)),
+    "iterative_head": (lambda: _Branches(qnn.IterativeHead(_BR), _BR), (2, 3, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_verifies_int8(name: str) -> None:
+    factory, shape = BLOCKS[name]
+    r = verify_model(factory(), torch.rand(*shape) * 2 - 1)
+    assert r.check.ok and not r.check.warnings, str(r.check)
+    assert not r.unconverted
+    assert r.agreement["rel_l2"] <= REL_L2_BOUND, r.agreement
+
+
+def test_channel_shuffle_is_the_known_interleave() -> None:
+    x = torch.arange(6.0).view(1, 6, 1, 1).expand(2, 6, 3, 3)
+    assert qnn.channel_shuffle(x, 2)[0, :, 0, 0].tolist() == [0, 3, 1, 4, 2, 5]
+    assert qnn.channel_shuffle(x, 3)[0, :, 0, 0].tolist() == [0, 2, 4, 1, 3, 5]
+    q = torch.quantize_per_tensor(x, 0.5, 10, torch.quint8)
+    shuffled = qnn.channel_shuffle(q, 2)
+    assert shuffled.is_quantized and shuffled.q_scale() == 0.5
+    assert torch.equal(shuffled.int_repr()[0, :, 0, 0], q.int_repr()[0, [0, 3, 1, 4, 2, 5], 0, 0])
+    with pytest.raises(ValueError):
+        qnn.channel_shuffle(x, 4)
+
+
+def test_shuffle_v2_stride1_passes_the_first_half_through() -> None:
+    block = qnn.ShuffleV2Block(8, 8, 1).eval()
+    x = torch.randn(2, 8, 5, 5)
+    y = block(x)
+    assert torch.equal(y[:, 0::2], x[:, :4])  # cat(x1, branch2(x2)) shuffled: x1 lands on even channels
+    assert torch.allclose(y[:, 1::2], block.branch2(x[:, 4:]))
+
+
+def test_ghost_module_slices_to_out_channels() -> None:
+    m = qnn.GhostModule(8, 15, ratio=2).eval()
+    x = torch.randn(2, 8, 6, 6)
+    y = m(x)
+    assert y.shape == (2, 15, 6, 6)
+    primary = m.primary(x)
+    assert torch.equal(y[:, :8], primary)
+    assert torch.allclose(y[:, 8:], m.cheap(primary)[:, :7])
+
+
+def test_ghost_bottleneck_downsample_keeps_dw_conv_at_stride_1() -> None:
+    s2 = qnn.GhostBottleneck(16, 48, 24, 3, 2)
+    s1 = qnn.GhostBottleneck(16, 48, 24, 3, 1, dw_conv=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(s1) == count(s2)
+    assert s1(torch.randn(2, 16, 8, 8)).shape == (2, 24, 8, 8)
+    with pytest.raises(ValueError):
+        qnn.GhostBottleneck(16, 48, 24, 3, 2, dw_conv=False)
+
+
+def test_sandglass_partial_identity_adds_to_the_first_channels_only() -> None:
+    block = qnn.SandGlass(16, 16, 1, 2, identity_ratio=0.25).eval()
+    x = torch.randn(2, 16, 6, 6)
+    body = block.dw_out(block.expand(block.reduce(block.dw_in(x))))
+    y = block(x)
+    assert torch.allclose(y[:, :4], body[:, :4] + x[:, :4])
+    assert torch.equal(y[:, 4:], body[:, 4:])
+    with pytest.raises(ValueError):
+        qnn.SandGlass(16, 24, 2, 2, dw_out=False)
+
+
+def test_coordinate_attention_gate_factorises_over_h_and_w() -> None:
+    ca = qnn.CoordinateAttention(8).eval()
+    x = torch.rand(1, 8, 5, 7) + 0.5
+    g = ca(x) / x  # per channel: gate_h[i] * gate_w[j], a rank-1 map
+    assert g.shape == x.shape
+    assert torch.allclose(g[..., 0:1, 0:1] * g, g[..., 0:1, :] * g[..., :, 0:1], atol=1e-6)
+    assert not torch.allclose(g[..., 0, :], g[..., 1, :]) and not torch.allclose(g[..., :, 0], g[..., :, 1])
+
+
+def test_eca_kernel_size_and_gate() -> None:
+    assert [qnn.eca_kernel_size(c) for c in (16, 64, 128, 256, 1024)] == [3, 3, 5, 5, 5]
+    eca = qnn.ECA(16, 3).eval()
+    x = torch.rand(2, 16, 4, 4)
+    pooled = x.mean((2, 3))
+    expected = torch.sigmoid(F.conv1d(pooled[:, None], eca.conv.weight.view(1, 1, 3), padding=1))[:, 0]
+    assert torch.allclose(eca(x), x * expected[..., None, None], atol=1e-6)
+    with pytest.raises(ValueError):
+        qnn.ECA(16, 4)
+
+
+def test_fixed_pooling_equals_adaptive_pooling() -> None:
+    pool = _AvgPoolTo()
+    x = torch.randn(2, 4, 16, 12)
+    assert torch.allclose(pool(x, (4, 3)), F.adaptive_avg_pool2d(x, (4, 3)))
+    assert torch.allclose(pool(x, (5, 5)), F.adaptive_avg_pool2d(x, (5, 5)))  # non-integral ratio falls back
+
+
+def test_litehr_module_handles_odd_resolutions() -> None:
+    module = qnn.LiteHRModule([8, 16, 32], num_blocks=1, reduce_ratio=4).eval()
+    out = module([torch.randn(2, 8, 7, 7), torch.randn(2, 16, 4, 4), torch.randn(2, 32, 2, 2)])
+    assert [tuple(o.shape) for o in out] == [(2, 8, 7, 7), (2, 16, 4, 4), (2, 32, 2, 2)]
+    assert all((o >= 0).all() for o in out)  # every fused output ends with a ReLU

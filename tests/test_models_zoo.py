@@ -1,0 +1,153 @@
+"""Lightweight-zoo models: parameter counts vs references, stems, feature outputs in int8.
+
+The full-size int8 contract runs for every registered model in tests/test_models.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torchvision
+from contract import assert_int8_contract
+
+from qat.models import create_model
+from qat.models.ghostnet import GhostNet
+from qat.models.lcnet import PPLCNet
+from qat.models.litehrnet import LiteHRNet
+from qat.models.shufflenet import STAGE_CHANNELS, ShuffleNetV2
+from qat.nn.stubs import QuantStub
+from qat.quant import verify_model
+
+ZOO = [
+    "ghostnet_x1_0",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "mobilenext_x1_0",
+    "pp_lcnet_x0_5",
+    "pp_lcnet_x1_0",
+    "mobilenet_v2_ca",
+    "mobilenet_v2_eca",
+    "litehrnet_18",
+]
+
+# name: (our count at 1000 classes, published figure, allowed relative gap to it). Lite-HRNet's
+# figure is for the backbone (stem, stages, iterative head), counted with include_top=False.
+PAPER = {
+    "ghostnet_x1_0": (5_182_508, 5.2e6, 0.005),  # GhostNet paper, table 7: -0.3 %
+    "mobilenext_x1_0": (3_535_416, 3.4e6, 0.045),  # MobileNeXt paper: +4.0 % (same count as the authors' code)
+    "pp_lcnet_x1_0": (2_952_520, 3.0e6, 0.02),  # PaddleClas / paper table: 3.0M, -1.6 %
+    "mobilenet_v2_ca": (3_950_408, 3.95e6, 0.001),  # CA paper: 3.95M, equal at its precision
+    "mobilenet_v2_eca": (3_504_897, 3.34e6, 0.05),  # ECA authors' 3.34M: +4.9 %
+    "litehrnet_18": (1_130_072, 1.1e6, 0.03),  # Lite-HRNet paper: 1.1M, +2.7 %
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The test machine's cores are shared: one intra-op thread is several times faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("width", list(STAGE_CHANNELS))
+def test_shufflenet_params_equal_torchvision(width: str) -> None:
+    ours = ShuffleNetV2(STAGE_CHANNELS[width])
+    ref = getattr(torchvision.models, f"shufflenet_v2_{width}")()
+    assert _count(ours) == _count(ref)
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
+    if width in ("x0_5", "x1_0"):
+        assert _count(create_model(f"shufflenet_v2_{width}")) == _count(ref)
+
+
+def test_shufflenet_matches_torchvision_with_its_weights() -> None:
+    """Same layers in the same order: torchvision's weights load by position and give its outputs."""
+    ref = torchvision.models.shufflenet_v2_x0_5().eval()
+    ours = create_model("shufflenet_v2_x0_5").eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.1)
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    ref_state, our_keys = list(ref.state_dict().values()), list(ours.state_dict())
+    assert len(ref_state) == len(our_keys)
+    ours.load_state_dict(dict(zip(our_keys, ref_state)))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(PAPER))
+def test_params_vs_paper(name: str) -> None:
+    ours, paper, tolerance = PAPER[name]
+    model = create_model(name, include_top=name != "litehrnet_18")
+    assert _count(model) == ours
+    assert abs(ours / paper - 1) <= tolerance
+
+
+@pytest.mark.parametrize(
+    ("build", "ours", "paper"),
+    [
+        (lambda: GhostNet(width=0.5), 2_587_292, 2.6e6),
+        (lambda: GhostNet(width=1.3), 7_358_820, 7.3e6),
+        (lambda: PPLCNet(scale=0.25), 1_521_184, 1.5e6),
+        (lambda: PPLCNet(scale=0.5), 1_879_576, 1.9e6),
+        (lambda: PPLCNet(scale=2.5), 9_017_560, 9.0e6),
+        (lambda: LiteHRNet((3, 8, 3), include_top=False), 1_763_020, 1.8e6),
+    ],
+    ids=["ghostnet_0.5", "ghostnet_1.3", "lcnet_0.25", "lcnet_0.5", "lcnet_2.5", "litehrnet_30"],
+)
+def test_other_widths_vs_paper(build, ours: int, paper: float) -> None:
+    assert _count(build()) == ours
+    assert abs(ours / paper - 1) <= 0.025
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_cifar_stem_changes_strides_only(name: str) -> None:
+    """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
+    imagenet = create_model(name, num_classes=10, include_top=False).eval()
+    cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
+    assert _count(imagenet) == _count(cifar)
+    with torch.no_grad():
+        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
+        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
+    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
+    assert [f.shape[1] for f in small] == cifar.feature_channels
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_input_scale_and_stem_arguments(name: str) -> None:
+    fixed = create_model(name, num_classes=10)
+    observed = create_model(name, num_classes=10, input_scale=None)
+    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
+    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
+    with pytest.raises(ValueError):
+        create_model(name, stem="tiny")
+
+
+@pytest.mark.parametrize("name", ["pp_lcnet_x0_5", "litehrnet_small"])
+def test_features_verify_int8(name: str) -> None:
+    """``include_top=False``: every feature map leaves through its own DeQuantStub, all in int8.
+
+    ``litehrnet_small`` is Lite-HRNet with one module per stage: every block and branch count of
+    ``litehrnet_18`` at a third of its cost.
+    """
+    torch.manual_seed(0)
+    if name == "litehrnet_small":
+        model = LiteHRNet((1, 1, 1), include_top=False, stem="cifar")
+    else:
+        model = create_model(name, include_top=False, stem="cifar")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    r = verify_model(model, x)
+    assert_int8_contract(r)
+    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8, 4]
