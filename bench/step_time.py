@@ -90,8 +90,11 @@ def main() -> None:
             "qat_step_s": statistics.median(q_times),
             "ratio": statistics.median(ratios),
         }
-        print(f"{label:36s} float {results[label]['float_step_s']:.3f}s  QAT {results[label]['qat_step_s']:.3f}s  "
-              f"ratio {results[label]['ratio']:.2f}x", flush=True)
+        print(
+            f"{label:36s} float {results[label]['float_step_s']:.3f}s  QAT {results[label]['qat_step_s']:.3f}s  "
+            f"ratio {results[label]['ratio']:.2f}x",
+            flush=True,
+        )
     print(json.dumps({"args": vars(args), "threads": torch.get_num_threads(), "results": results}, indent=2))
 
 

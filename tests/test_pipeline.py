@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,63 @@ def test_cli_multirun_over_quant_modes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = sorted(sweep.glob("*/report.json"))
     assert [json.loads(p.read_text())["mode"] for p in reports] == ["float", "calib"]
+
+
+# -- interruption and DDP (real CLI processes) ---------------------------------------------
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL a float run after its first epoch checkpoint; the rerun in the same folder resumes it."""
+    run_dir = tmp_path / "run"
+    args = [
+        *[o for o in FAST if not o.startswith(("trainer.max_epochs", "data.limit", "+model.width"))],
+        "+model.width=32",
+        "trainer.max_epochs=4",
+        "quant=float",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL
+    )
+    last = run_dir / "float" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert last.is_file(), "the run never wrote float/last.ckpt"
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    assert killed_at < 4, "the run finished before it could be interrupted"
+    assert not (run_dir / "report.json").exists()
+
+    again = _cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    state = json.loads((run_dir / "stages.json").read_text())["stages"]["float"]
+    assert state["status"] == "done" and state["resumed_from"] == str(last)
+    assert state["epochs"] == 4
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 3  # 0-based: the 4th epoch
+    assert (run_dir / "report.json").is_file()
+
+
+def test_ddp_qat_on_two_cpu_processes(tmp_path: Path) -> None:
+    """trainer=ddp: 2 gloo processes train float and QAT; ranks hold identical grids; one export."""
+    run_dir = tmp_path / "run"
+    proc = _cli(
+        *FAST,
+        *QAT_FAST,
+        "trainer=ddp",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((run_dir / "stages.json").read_text())["stages"]
+    for stage in ("float", "qat"):
+        assert state[stage]["world_size"] == 2
+        assert state[stage]["ranks_consistent"] is True
+    assert state["int8"]["status"] == "done"
+    assert sorted(p.name for p in (run_dir / "int8").iterdir()) == ["int8_state.pt", TORCHSCRIPT]
+    assert len(list(run_dir.rglob("report.json"))) == 1

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from qat.quant import collect_patterns
+from qat.quant import calibrate, collect_patterns, convert, prepare_calibration
 
-__all__ = ["compare_latency", "fold_batchnorm", "measure_latency", "state_dict_bytes"]
+__all__ = ["compare_latency", "fold_batchnorm", "measure_latency", "quantize_for_timing", "state_dict_bytes"]
 
 
 def state_dict_bytes(model: nn.Module) -> int:
@@ -91,3 +91,9 @@ def compare_latency(
             t = measure_latency(model, example, runs, warmup, threads)
             best[name] = min(best.get(name, t), t)
     return best
+
+
+def quantize_for_timing(model: nn.Module, example: Tensor, target: str = "x86") -> nn.Module:
+    """A real int8 model of ``model`` calibrated on ``example`` alone: right layers and sizes for
+    size and latency measurements, not for accuracy (that needs calibration on real data)."""
+    return convert(calibrate(prepare_calibration(model, target), [example]))

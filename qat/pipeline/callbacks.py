@@ -1,4 +1,4 @@
-"""Training callbacks: QAT schedule (BN / observer freezing), NaN-loss guard, step timing."""
+"""Training callbacks: QAT schedule (BN / observer freezing), DDP state sync, NaN-loss guard, step timing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from qat.pipeline.errors import NaNLossError
 from qat.quant import freeze_activation_observers, freeze_bn_stats
 
-__all__ = ["FreezeBNStats", "FreezeObservers", "NaNLossGuard", "StepTimer"]
+__all__ = ["FreezeBNStats", "FreezeObservers", "NaNLossGuard", "StepTimer", "SyncRankState"]
 
 
 def _inner(pl_module: pl.LightningModule) -> torch.nn.Module:
@@ -43,6 +43,34 @@ class FreezeObservers(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch >= self.epoch:
             freeze_activation_observers(_inner(pl_module))
+
+
+class SyncRankState(pl.Callback):
+    """Under DDP, every rank ends each epoch with rank 0's buffers: observers, fake-quant grids, BN stats.
+
+    DDP broadcasts buffers from rank 0 at the start of each forward, so after the last step every
+    rank is one update apart. Broadcasting at epoch end makes the ranks identical, so whichever
+    rank's model is used (rank 0 exports) holds the same grids. ``consistent`` records whether every
+    parameter and buffer matched across ranks afterwards (checked by an all-gathered checksum).
+    """
+
+    def __init__(self) -> None:
+        self.world_size = 1
+        self.consistent: bool | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.world_size = trainer.world_size
+        if trainer.world_size < 2 or not torch.distributed.is_initialized():
+            return
+        model = _inner(pl_module)
+        with torch.no_grad():
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, src=0)
+            tensors = [t.detach().double().sum().reshape(1) for t in (*model.parameters(), *model.buffers())]
+            checksum = torch.cat(tensors) if tensors else torch.zeros(1, dtype=torch.float64)
+            gathered = [torch.empty_like(checksum) for _ in range(trainer.world_size)]
+            torch.distributed.all_gather(gathered, checksum)
+        self.consistent = all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 class NaNLossGuard(pl.Callback):

@@ -56,9 +56,10 @@ def evaluate_model(
     ``progress`` names a tqdm bar (``None``: no bar).
     """
     model.eval()
-    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
-    loss = MeanMetric()
+    # Rank 0 evaluates alone under DDP: no cross-rank sync (the other ranks are not evaluating).
+    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", sync_on_compute=False)
+    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", sync_on_compute=False)
+    loss = MeanMetric(sync_on_compute=False)
     preds: list[Tensor] = []
     it = batches
     if progress:

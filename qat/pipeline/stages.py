@@ -25,7 +25,7 @@ from torch import nn
 
 from qat.models import list_models
 from qat.pipeline.benchmark import compare_latency, fold_batchnorm, state_dict_bytes
-from qat.pipeline.callbacks import FreezeBNStats, FreezeObservers, NaNLossGuard, StepTimer
+from qat.pipeline.callbacks import FreezeBNStats, FreezeObservers, NaNLossGuard, StepTimer, SyncRankState
 from qat.pipeline.checkpoints import load_float_weights, load_module_weights, read_checkpoint
 from qat.pipeline.data import ClassificationDataModule
 from qat.pipeline.errors import ConfigError, ModelRejectedError, UnknownModelError
@@ -139,14 +139,16 @@ def _fit(
         model_info=ctx.model_info,
     )
     timer = StepTimer(warmup=int(cfg.report.timing_warmup))
-    checkpoint = ModelCheckpoint(dirpath=stage_dir, filename=f"{stage}-{{epoch}}", save_last=True, save_top_k=0)
+    sync = SyncRankState()
+    # One file, rewritten after every epoch: what a rerun resumes from after an interruption.
+    checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="last", save_top_k=1, enable_version_counter=False)
     loggers = [
         instantiate(lcfg, save_dir=str(ctx.run_dir / "logs"), version=stage) for lcfg in (cfg.logger or {}).values()
     ]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         max_epochs=max_epochs,
-        callbacks=[checkpoint, timer, NaNLossGuard(stage), *callbacks],
+        callbacks=[checkpoint, timer, sync, NaNLossGuard(stage), *callbacks],
         logger=loggers or False,
         default_root_dir=str(stage_dir),
     )
@@ -158,6 +160,8 @@ def _fit(
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "resumed_from": resume_from,
+        "world_size": sync.world_size,
+        "ranks_consistent": sync.consistent,
     }
 
 

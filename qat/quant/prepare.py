@@ -25,6 +25,7 @@ from qat.quant.backend import (
     nnq,
     tq,
 )
+from qat.quant.convbn import use_fast_conv_bn
 from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
 from qat.quant.int8_ops import QuantizedLUT, QuantizedRequant, QuantizedSoftmax, policy_for
 from qat.quant.qconfig import QuantConfig, get_qconfig
@@ -132,6 +133,7 @@ def prepare_qat(
         allow_list=_allow_list(model),
         observer_non_leaf_module_list=set(qat_mapping.values()),
     )
+    use_fast_conv_bn(model)
     setattr(model, _QCONFIG_ATTR, cfg)
     model.train(was_training)
     return model

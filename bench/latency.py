@@ -1,0 +1,72 @@
+"""fp32 (BN folded) vs int8 latency per model, measured side by side in one process.
+
+    python bench/latency.py                      # henet_tinym, mobilenet_v2, mobilenet_v3_large
+    python bench/latency.py --models resnet18 --threads 2 --runs 20
+
+For each model and input shape (default 1x3x224x224 and 32x3x32x32) the fp32 model with every
+conv+BN folded (the fair baseline: int8 has BN folded too) and the int8 model are timed in
+interleaved rounds; each reports the best round's median. The int8 model is calibrated on the
+example input only: right layers and kernels, not meaningful accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import torch
+
+from qat.models import create_model
+from qat.pipeline.benchmark import compare_latency, fold_batchnorm, quantize_for_timing
+
+DEFAULT_MODELS = ("henet_tinym", "mobilenet_v2", "mobilenet_v3_large")
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    n, c, h, w = (int(v) for v in text.lower().split("x"))
+    return n, c, h, w
+
+
+def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argparse.Namespace) -> list[dict]:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=1000).eval()
+    rows = []
+    for shape in shapes:
+        x = torch.rand(*shape) * 2 - 1
+        int8 = quantize_for_timing(model, x, args.target)
+        models = {"fp32": fold_batchnorm(model), "int8": int8}
+        t = compare_latency(models, x, args.runs, args.warmup, args.threads, args.rounds)
+        row = {
+            "model": name,
+            "shape": "x".join(map(str, shape)),
+            "fp32_ms": 1e3 * t["fp32"],
+            "int8_ms": 1e3 * t["int8"],
+            "speedup": t["fp32"] / t["int8"],
+        }
+        rows.append(row)
+        print(
+            f"{name:22s} {row['shape']:>12s}  fp32 {row['fp32_ms']:8.2f} ms  int8 {row['int8_ms']:8.2f} ms  "
+            f"{row['speedup']:.2f}x",
+            flush=True,
+        )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--shapes", nargs="+", default=["1x3x224x224", "32x3x32x32"], type=parse_shape)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--target", default="x86")
+    args = p.parse_args()
+    rows = [row for name in args.models for row in bench_model(name, args.shapes, args)]
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
+    print(json.dumps({"machine": machine, "args": {**vars(args), "shapes": None}, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
