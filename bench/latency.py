@@ -56,7 +56,7 @@ def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argpar
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    p.add_argument("--shapes", nargs="+", default=["1x3x224x224", "32x3x32x32"], type=parse_shape)
+    p.add_argument("--shapes", nargs="+", default=[(1, 3, 224, 224), (32, 3, 32, 32)], type=parse_shape)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
