@@ -222,3 +222,4 @@ def test_lut_is_exact_to_fake_quant(scale: float, zero_point: int, fn: nn.Module
     lut = QuantizedLUT(fn, out_scale, out_zp)
     expected = torch.fake_quantize_per_tensor_affine(fn(qx.dequantize()), out_scale, out_zp, 0, 255)
     torch.testing.assert_close(lut(qx).dequantize(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(lut(qx).int_repr(), lut.table(qx)), "forward must equal the 256-entry table"

@@ -181,3 +181,32 @@ def test_deprecation_warnings_filtered_narrowly() -> None:
     )
     out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['users keep theirs']", out.stdout + out.stderr
+
+
+def test_convert_squares_depthwise_kernels_bit_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(1, 5)/(5, 1) depthwise kernels become zero-padded (5, 5) ones (fbgemm's fast path), same outputs."""
+
+    class AltDW(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant = qnn.QuantStub()
+            self.wide = qnn.ConvModule2d(8, 8, (1, 5), padding=(0, 2), groups=8, norm_layer="bn")
+            self.tall = qnn.ConvModule2d(8, 8, (5, 1), 2, (2, 0), groups=8, norm_layer="bn", act_layer="relu")
+            self.dequant = qnn.DeQuantStub()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.dequant(self.tall(self.wide(self.quant(x))))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 17, 19)
+    model = prepare_calibration(AltDW(), "x86")
+    calibrate(model, [x])
+    disable_observer(model.eval())
+    int8 = convert(model)
+    for conv in (int8.wide.conv, int8.tall.conv):
+        assert conv.kernel_size == (5, 5) and conv.padding == (2, 2)
+    monkeypatch.setattr("qat.quant.prepare._square_depthwise_kernels", lambda m: None)
+    as_trained = convert(model)
+    assert as_trained.wide.conv.kernel_size == (1, 5) and as_trained.tall.conv.kernel_size == (5, 1)
+    with torch.no_grad():
+        assert torch.equal(int8(x), as_trained(x))

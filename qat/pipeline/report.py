@@ -120,12 +120,12 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     xs = range(len(names))
     bars = ax.bar([x - 0.2 for x in xs], top1, width=0.4, label="top-1")
     ax.bar([x + 0.2 for x in xs], top5, width=0.4, label="top-5", alpha=0.6)
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=-12, color="white")
     ax.set_xticks(list(xs), names, rotation=15, fontsize=8)
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(max(0.0, min(top1) - 10), 112)
+    ax.set_ylim(max(0.0, min(top1) - 10), 100)
     ax.set_title(f"{report['model']} on {report['data']['name']}")
-    ax.legend(loc="upper right", ncol=2, fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
     for ax, key in zip(axes[0][1:], extra):
         values = report[key]
         if key == "size_bytes":
@@ -135,7 +135,7 @@ def _chart(report: dict[str, Any], path: Path) -> None:
             pair, unit, scale = (values["fp32_bn_folded"], values["int8"]), "ms", 1e3
             ax.set_title("latency, batch 1")
         bars = ax.bar(["fp32", "int8"], [v * scale for v in pair], color=["tab:gray", "tab:green"])
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ax.bar_label(bars, fmt="%.0f" if key == "size_bytes" else "%.2f", fontsize=8)
         ax.set_ylabel(unit)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -68,40 +68,37 @@ def _float_fn(module: nn.Module) -> nn.Module:
 
 
 class QuantizedLUT(nn.Module):
-    """An elementwise function on int8 tensors through a 256-entry table per input grid."""
+    """An elementwise function on int8 tensors, equal to a 256-entry table per input grid.
+
+    ``table(x)[code] = quantize(f(dequantize(code)))`` is the int8 definition (what an NPU
+    runs). On CPU, ``forward`` evaluates the same expression on the dequantized tensor -- the
+    same value for every code, several times faster than a gather, and it keeps the input's
+    memory format (channels-last from fbgemm's convs), so the next conv needs no relayout.
+    """
 
     def __init__(self, fn: nn.Module, scale: float, zero_point: int) -> None:
         super().__init__()
         self.fn = fn
         self.scale = float(scale)
         self.zero_point = int(zero_point)
-        self._tables: dict[tuple[float, int, torch.dtype], Tensor] = {}
 
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> QuantizedLUT:
         scale, zero_point = mod.activation_post_process.calculate_qparams()
         return cls(_float_fn(mod), float(scale), int(zero_point))
 
-    def _table(self, x: Tensor) -> Tensor:
-        key = (x.q_scale(), x.q_zero_point(), x.dtype)
-        table = self._tables.get(key)
-        if table is None:
-            info = torch.iinfo(x.dtype)
-            codes = torch.arange(info.min, info.max + 1, dtype=torch.float32)
-            with torch.no_grad():
-                y = self.fn((codes - key[1]) * key[0])
-            q = torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8)
-            table = self._tables[key] = q.int_repr()
-        return table
+    @torch.no_grad()
+    def table(self, x: Tensor) -> Tensor:
+        """The output codes for every input code of ``x``'s grid (index ``code - dtype.min``)."""
+        info = torch.iinfo(x.dtype)
+        codes = torch.arange(info.min, info.max + 1, dtype=torch.float32)
+        y = self.fn((codes - x.q_zero_point()) * x.q_scale())
+        return torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8).int_repr()
 
     def forward(self, x: Tensor) -> Tensor:
         if not x.is_quantized:
             raise TypeError(f"{type(self).__name__} expects an int8 tensor; is a QuantStub missing upstream?")
-        codes = x.int_repr()
-        offset = -torch.iinfo(x.dtype).min
-        idx = codes.to(torch.int32) + offset if offset else codes.to(torch.int32)
-        out = self._table(x)[idx]
-        return torch._make_per_tensor_quantized_tensor(out, self.scale, self.zero_point)
+        return torch.quantize_per_tensor(self.fn(x.dequantize()), self.scale, self.zero_point, torch.quint8)
 
     def extra_repr(self) -> str:
         return f"fn={type(self.fn).__name__}, scale={self.scale:.6g}, zero_point={self.zero_point}"
