@@ -13,14 +13,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
+from qat.models.mobilenet import StagedClassifier, check_stem, cifar_strides, split_stages
 from qat.models.registry import register_model
 from qat.nn.blocks.ghost import GhostBottleneck
 from qat.nn.conv import ConvModule2d
 from qat.nn.se import make_divisible
-from qat.nn.stubs import DeQuantStub, QuantStub
 
 __all__ = ["GhostNet", "ghostnet_x1_0"]
 
@@ -45,7 +44,7 @@ _CFG = (
 )
 
 
-class GhostNet(nn.Module):
+class GhostNet(StagedClassifier):
     """GhostNet at ``width`` (channels ``make_divisible(c·width, 4)``, as the reference).
 
     Parameters at 1000 classes: width 0.5 → 2,587,292 and 1.3 → 7,358,820 (the paper's table 7:
@@ -61,52 +60,28 @@ class GhostNet(nn.Module):
         input_scale: float | None = 1 / 128,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-        cifar = stem == "cifar"
-        self.quant = QuantStub(scale=input_scale)
+        cifar = check_stem(stem)
         c = make_divisible(16 * width, 4)
-        self.conv_stem = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu")
-        pre: list[nn.Module] = []
-        groups: list[list[nn.Module]] = []
-        first_down = True
-        for k, exp, out, se, s in _CFG:
+        conv_stem = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu")
+        nominal = [s for *_, s in _CFG]
+        blocks = []
+        for (k, exp, out, se, s), stride in zip(_CFG, cifar_strides(nominal, cifar)):
             mid, out = make_divisible(exp * width, 4), make_divisible(out * width, 4)
-            stride = 1 if (s == 2 and cifar and first_down) else s
-            first_down = first_down and s == 1
-            block = GhostBottleneck(c, mid, out, k, stride, se, dw_conv=s > 1)
-            if s == 2:
-                groups.append([])
-            (groups[-1] if groups else pre).append(block)
+            blocks.append(GhostBottleneck(c, mid, out, k, stride, se, dw_conv=s > 1))
             c = out
-        self.pre = nn.Sequential(*pre)
-        self.stages = nn.ModuleList(nn.Sequential(*g) for g in groups)
-        self.feature_channels = [g[-1].ghost2.out_channels for g in groups]
-        self.include_top = include_top
+        pre, stages = split_stages(blocks, [s == 2 for s in nominal])
+        head = classifier = None
         if include_top:
             last = make_divisible(960 * width, 4)
-            self.conv_last = ConvModule2d(c, last, 1, norm_layer="bn", act_layer="relu")
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.conv_head = ConvModule2d(last, 1280, 1, act_layer="relu")
-            self.dropout = nn.Dropout(dropout)
-            self.classifier = nn.Linear(1280, num_classes)
-            self.dequant = DeQuantStub()
-        else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in groups)
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        x = self.pre(self.conv_stem(self.quant(x)))
-        if self.include_top:
-            for stage in self.stages:
-                x = stage(x)
-            x = self.conv_head(self.pool(self.conv_last(x)))
-            return self.dequant(self.classifier(self.dropout(torch.flatten(x, 1))))
-        features = []
-        for stage, dequant in zip(self.stages, self.dequants):
-            x = stage(x)
-            features.append(dequant(x))
-        return features
+            head = nn.Sequential(
+                ConvModule2d(c, last, 1, norm_layer="bn", act_layer="relu"),
+                nn.AdaptiveAvgPool2d(1),
+                ConvModule2d(last, 1280, 1, act_layer="relu"),
+                nn.Flatten(1),
+            )
+            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+        channels = [stage[-1].ghost2.out_channels for stage in stages]
+        super().__init__(nn.Sequential(conv_stem, *pre), stages, channels, head, classifier, input_scale)
 
 
 @register_model

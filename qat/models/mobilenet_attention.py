@@ -16,14 +16,13 @@ output, 1 tap for blocks of <= 96 channels and 3 taps above. Keyword arguments:
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
+from qat.models.mobilenet import StagedClassifier, check_stem, cifar_strides, split_stages
 from qat.models.registry import register_model
 from qat.nn.blocks.attention import InvertedResidualAttention
 from qat.nn.conv import ConvModule2d
 from qat.nn.se import make_divisible
-from qat.nn.stubs import DeQuantStub, QuantStub
 
 __all__ = ["MobileNetV2Attention", "mobilenet_v2_ca", "mobilenet_v2_eca"]
 
@@ -31,7 +30,7 @@ __all__ = ["MobileNetV2Attention", "mobilenet_v2_ca", "mobilenet_v2_eca"]
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-class MobileNetV2Attention(nn.Module):
+class MobileNetV2Attention(StagedClassifier):
     """MobileNetV2 whose blocks carry ``attention="ca"`` or ``"eca"`` (see the module docstring)."""
 
     def __init__(
@@ -44,58 +43,29 @@ class MobileNetV2Attention(nn.Module):
         input_scale: float | None = 1 / 128,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        cifar = check_stem(stem)
         if attention not in ("ca", "eca"):
             raise ValueError(f"attention must be 'ca' or 'eca', got {attention!r}")
-        cifar = stem == "cifar"
-        self.quant = QuantStub(scale=input_scale)
         c = make_divisible(32 * width_mult, 8)
-        self.stem = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu6")
-        pre: list[nn.Module] = []
-        groups: list[list[nn.Module]] = []
-        first_down = True
-        for t, c_cfg, n, s in _SETTINGS:
+        stem_conv = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu6")
+        specs = [(t, c_cfg, s if i == 0 else 1) for t, c_cfg, n, s in _SETTINGS for i in range(n)]
+        blocks = []
+        for (t, c_cfg, _), stride in zip(specs, cifar_strides([s for *_, s in specs], cifar)):
             out = make_divisible(c_cfg * width_mult, 8)
-            for i in range(n):
-                stride = s if i == 0 else 1
-                if stride == 2:
-                    groups.append([])
-                    if cifar and first_down:
-                        stride, first_down = 1, False
-                block_attention = attention if (attention == "eca" or t != 1) else None
-                block = InvertedResidualAttention(
-                    c, out, stride, t, block_attention, eca_kernel=1 if c_cfg <= 96 else 3
-                )
-                (groups[-1] if groups else pre).append(block)
-                c = out
-        self.pre = nn.Sequential(*pre)
-        self.stages = nn.ModuleList(nn.Sequential(*g) for g in groups)
-        self.feature_channels = [g[-1].project.conv.out_channels for g in groups]
-        self.include_top = include_top
+            block_attention = attention if (attention == "eca" or t != 1) else None
+            eca_kernel = 1 if c_cfg <= 96 else 3
+            blocks.append(InvertedResidualAttention(c, out, stride, t, block_attention, eca_kernel=eca_kernel))
+            c = out
+        pre, stages = split_stages(blocks, [s == 2 for *_, s in specs])
+        head = classifier = None
         if include_top:
             last = make_divisible(1280 * max(1.0, width_mult), 8)
-            self.conv_last = ConvModule2d(c, last, 1, norm_layer="bn", act_layer="relu6")
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.dropout = nn.Dropout(dropout)
-            self.fc = nn.Linear(last, num_classes)
-            self.dequant = DeQuantStub()
-        else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in groups)
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        x = self.pre(self.stem(self.quant(x)))
-        if self.include_top:
-            for stage in self.stages:
-                x = stage(x)
-            x = torch.flatten(self.pool(self.conv_last(x)), 1)
-            return self.dequant(self.fc(self.dropout(x)))
-        features = []
-        for stage, dequant in zip(self.stages, self.dequants):
-            x = stage(x)
-            features.append(dequant(x))
-        return features
+            head = nn.Sequential(
+                ConvModule2d(c, last, 1, norm_layer="bn", act_layer="relu6"), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
+            )
+            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+        channels = [stage[-1].project.conv.out_channels for stage in stages]
+        super().__init__(nn.Sequential(stem_conv, *pre), stages, channels, head, classifier, input_scale)
 
 
 @register_model

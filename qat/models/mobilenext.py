@@ -13,14 +13,13 @@ ReLU6 after conv+BN fuses exactly (fixed [0, 6] grid). Keyword arguments:
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
+from qat.models.mobilenet import StagedClassifier, check_stem, cifar_strides, split_stages
 from qat.models.registry import register_model
 from qat.nn.blocks.mobilenext import SandGlass
 from qat.nn.conv import ConvModule2d
 from qat.nn.se import make_divisible
-from qat.nn.stubs import DeQuantStub, QuantStub
 
 __all__ = ["MobileNeXt", "mobilenext_x1_0"]
 
@@ -51,7 +50,7 @@ def _sandglass(c_in: int, c_out: int, stride: int, t: int, keep_3x3: bool, run_s
     return SandGlass(c_in, c_out, 1, t)
 
 
-class MobileNeXt(nn.Module):
+class MobileNeXt(StagedClassifier):
     """MobileNeXt at ``width`` (channels ``make_divisible(c·width, 8)``; the 1280 block stays 1280)."""
 
     def __init__(
@@ -63,47 +62,27 @@ class MobileNeXt(nn.Module):
         input_scale: float | None = 1 / 128,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-        cifar = stem == "cifar"
+        cifar = check_stem(stem)
         divisor = 4 if width == 0.1 else 8
-        self.quant = QuantStub(scale=input_scale)
         c = make_divisible(32 * width, divisor)
-        self.stem = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu6")
-        groups: list[list[nn.Module]] = []
-        first_down = True
-        for t, c_cfg, n, s in _CFG:
+        stem_conv = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu6")
+        nominal = [s for *_, s in _CFG]
+        blocks, downsamples = [], []
+        for (t, c_cfg, n, s), run in zip(_CFG, cifar_strides(nominal, cifar)):
             out = 1280 if c_cfg == 1280 and width < 1 else make_divisible(c_cfg * width, divisor)
-            run = 1 if (s == 2 and cifar and first_down) else s
-            first_down = first_down and s == 1
-            if s == 2:
-                groups.append([])
-            groups[-1].append(_sandglass(c, out, s, t, n == 1 and s == 1, run))
-            groups[-1].extend(SandGlass(out, out, 1, t) for _ in range(n - 1))
+            blocks += [
+                _sandglass(c, out, s, t, n == 1 and s == 1, run),
+                *(SandGlass(out, out, 1, t) for _ in range(n - 1)),
+            ]
+            downsamples += [s == 2] + [False] * (n - 1)
             c = out
-        self.stages = nn.ModuleList(nn.Sequential(*g) for g in groups)
-        self.feature_channels = [g[-1].expand.conv.out_channels for g in groups]
-        self.include_top = include_top
+        _, stages = split_stages(blocks, downsamples)
+        head = classifier = None
         if include_top:
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.dropout = nn.Dropout(dropout)
-            self.fc = nn.Linear(c, num_classes)
-            self.dequant = DeQuantStub()
-        else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in groups)
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        x = self.stem(self.quant(x))
-        if self.include_top:
-            for stage in self.stages:
-                x = stage(x)
-            return self.dequant(self.fc(self.dropout(torch.flatten(self.pool(x), 1))))
-        features = []
-        for stage, dequant in zip(self.stages, self.dequants):
-            x = stage(x)
-            features.append(dequant(x))
-        return features
+            head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes))
+        channels = [stage[-1].expand.conv.out_channels for stage in stages]
+        super().__init__(stem_conv, stages, channels, head, classifier, input_scale)
 
 
 @register_model

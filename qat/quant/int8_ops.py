@@ -67,14 +67,8 @@ def _float_fn(module: nn.Module) -> nn.Module:
     return fn
 
 
-class QuantizedLUT(nn.Module):
-    """An elementwise function on int8 tensors, equal to a 256-entry table per input grid.
-
-    ``table(x)[code] = quantize(f(dequantize(code)))`` is the int8 definition (what an NPU
-    runs). On CPU, ``forward`` evaluates the same expression on the dequantized tensor -- the
-    same value for every code, several times faster than a gather, and it keeps the input's
-    memory format (channels-last from fbgemm's convs), so the next conv needs no relayout.
-    """
+class _Requantized(nn.Module):
+    """``quantize(fn(dequantize(x)), scale, zero_point)``: a float op between two int8 grids."""
 
     def __init__(self, fn: nn.Module, scale: float, zero_point: int) -> None:
         super().__init__()
@@ -83,9 +77,28 @@ class QuantizedLUT(nn.Module):
         self.zero_point = int(zero_point)
 
     @classmethod
-    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> QuantizedLUT:
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> _Requantized:
         scale, zero_point = mod.activation_post_process.calculate_qparams()
         return cls(_float_fn(mod), float(scale), int(zero_point))
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if not x.is_quantized:
+            raise TypeError(f"{type(self).__name__} expects an int8 tensor; is a QuantStub missing upstream?")
+        y = self.fn(x.dequantize(), *args, **kwargs)
+        return torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8)
+
+    def extra_repr(self) -> str:
+        return f"fn={type(self.fn).__name__}, scale={self.scale:.6g}, zero_point={self.zero_point}"
+
+
+class QuantizedLUT(_Requantized):
+    """An elementwise function on int8 tensors, equal to a 256-entry table per input grid.
+
+    ``table(x)[code] = quantize(f(dequantize(code)))`` is the int8 definition (what an NPU
+    runs). On CPU, ``forward`` evaluates the same expression on the dequantized tensor -- the
+    same value for every code, several times faster than a gather, and it keeps the input's
+    memory format (channels-last from fbgemm's convs), so the next conv needs no relayout.
+    """
 
     @torch.no_grad()
     def table(self, x: Tensor) -> Tensor:
@@ -95,38 +108,12 @@ class QuantizedLUT(nn.Module):
         y = self.fn((codes - x.q_zero_point()) * x.q_scale())
         return torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8).int_repr()
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not x.is_quantized:
-            raise TypeError(f"{type(self).__name__} expects an int8 tensor; is a QuantStub missing upstream?")
-        return torch.quantize_per_tensor(self.fn(x.dequantize()), self.scale, self.zero_point, torch.quint8)
 
-    def extra_repr(self) -> str:
-        return f"fn={type(self.fn).__name__}, scale={self.scale:.6g}, zero_point={self.zero_point}"
+class QuantizedRequant(_Requantized):
+    """A linear op (averaging, resizing) on int8 values, rounded once to its own observed grid.
 
-
-class QuantizedRequant(nn.Module):
-    """A linear op (averaging) on int8 values, rounded once to its own observed output grid."""
-
-    def __init__(self, fn: nn.Module, scale: float, zero_point: int) -> None:
-        super().__init__()
-        self.fn = fn
-        self.scale = float(scale)
-        self.zero_point = int(zero_point)
-
-    @classmethod
-    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> QuantizedRequant:
-        scale, zero_point = mod.activation_post_process.calculate_qparams()
-        return cls(_float_fn(mod), float(scale), int(zero_point))
-
-    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        if not x.is_quantized:
-            raise TypeError(f"{type(self).__name__} expects an int8 tensor; is a QuantStub missing upstream?")
-        # The int8 inputs are exact in float32, and so is their sum over a pooling window.
-        y = self.fn(x.dequantize(), *args, **kwargs)
-        return torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8)
-
-    def extra_repr(self) -> str:
-        return f"fn={type(self.fn).__name__}, scale={self.scale:.6g}, zero_point={self.zero_point}"
+    The int8 inputs are exact in float32, and so is their sum over a pooling window.
+    """
 
 
 class QuantizedSoftmax(nnq.Softmax):
