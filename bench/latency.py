@@ -2,6 +2,7 @@
 
     python bench/latency.py                      # henet_tinym, mobilenet_v2, mobilenet_v3_large
     python bench/latency.py --models resnet18 --threads 2 --runs 20
+    python bench/latency.py --threads 1 --clock cpu   # CPU time: robust on a busy machine
 
 For each model and input shape (default 1x3x224x224 and 32x3x32x32) the fp32 model with every
 conv+BN folded (the fair baseline: int8 has BN folded too) and the int8 model are timed in
@@ -36,7 +37,7 @@ def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argpar
         x = torch.rand(*shape) * 2 - 1
         int8 = quantize_for_timing(model, x, args.target)
         models = {"fp32": fold_batchnorm(model), "int8": int8}
-        t = compare_latency(models, x, args.runs, args.warmup, args.threads, args.rounds)
+        t = compare_latency(models, x, args.runs, args.warmup, args.threads, args.rounds, args.clock)
         row = {
             "model": name,
             "shape": "x".join(map(str, shape)),
@@ -62,9 +63,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--target", default="x86")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: thread CPU time (needs --threads 1)")
     args = p.parse_args()
     rows = [row for name in args.models for row in bench_model(name, args.shapes, args)]
     machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
+    machine["clock"] = args.clock
     print(json.dumps({"machine": machine, "args": {**vars(args), "shapes": None}, "results": rows}, indent=2))
 
 

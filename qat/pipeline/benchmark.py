@@ -48,14 +48,26 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 @torch.inference_mode()
 def measure_latency(
-    model: nn.Module, example: Tensor, runs: int = 30, warmup: int = 5, threads: int | None = 1
+    model: nn.Module,
+    example: Tensor,
+    runs: int = 30,
+    warmup: int = 5,
+    threads: int | None = 1,
+    clock: str = "wall",
 ) -> float:
-    """Median wall time in seconds of ``model(example)`` over ``runs`` calls after ``warmup`` calls.
+    """Median seconds of ``model(example)`` over ``runs`` calls after ``warmup`` calls.
 
     ``threads`` pins torch's intra-op threads for the measurement (restored after; ``None``: leave
     as is). One thread is the default: batch-1 latency on a shared machine is otherwise dominated
-    by threads waiting for each other.
+    by threads waiting for each other. ``clock="cpu"`` (one thread only) counts the CPU time of
+    the calling thread, which runs every kernel itself: time spent waiting for a busy machine's
+    cores is left out, so figures from a shared machine stay comparable.
     """
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu" and threads != 1:
+        raise ValueError("clock='cpu' measures one thread's CPU time: use threads=1")
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     model.eval()
     previous = torch.get_num_threads()
     if threads is not None:
@@ -65,9 +77,9 @@ def measure_latency(
             model(example)
         times = []
         for _ in range(max(1, runs)):
-            start = time.perf_counter()
+            start = timer()
             model(example)
-            times.append(time.perf_counter() - start)
+            times.append(timer() - start)
     finally:
         torch.set_num_threads(previous)
     return statistics.median(times)
@@ -80,6 +92,7 @@ def compare_latency(
     warmup: int = 5,
     threads: int | None = 1,
     rounds: int = 3,
+    clock: str = "wall",
 ) -> dict[str, float]:
     """Latency of several models measured in interleaved rounds; each gets its best round median.
 
@@ -88,7 +101,7 @@ def compare_latency(
     best: dict[str, float] = {}
     for _ in range(max(1, rounds)):
         for name, model in models.items():
-            t = measure_latency(model, example, runs, warmup, threads)
+            t = measure_latency(model, example, runs, warmup, threads, clock)
             best[name] = min(best.get(name, t), t)
     return best
 

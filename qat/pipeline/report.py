@@ -86,7 +86,7 @@ def _markdown(report: dict[str, Any]) -> str:
     if lat:
         lines.append(
             f"Latency (batch 1, median of {lat['runs']} runs, best of {lat['rounds']} rounds, "
-            f"{lat['threads']} thread(s)): fp32 with BN folded "
+            f"{lat['threads']} thread(s), {lat.get('clock', 'wall')} clock): fp32 with BN folded "
             f"{1e3 * lat['fp32_bn_folded']:.3f} ms, int8 {1e3 * lat['int8']:.3f} ms "
             f"({lat['speedup_int8']:.2f}x)"
         )

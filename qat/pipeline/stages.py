@@ -251,9 +251,11 @@ def _latency(ctx: RunContext, float_model: nn.Module, int8_model: nn.Module) -> 
         int(rc.latency_rounds),
         rc.get("latency_threads"),
     )
+    clock = str(rc.get("latency_clock", "wall"))
     models = {"fp32_bn_folded": fold_batchnorm(float_model), "int8": int8_model}
-    latency: dict[str, Any] = compare_latency(models, ctx.data.example_input(1), runs, warmup, threads, rounds)
-    latency.update(runs=runs, rounds=rounds, threads=threads or torch.get_num_threads())
+    example = ctx.data.example_input(1)
+    latency: dict[str, Any] = compare_latency(models, example, runs, warmup, threads, rounds, clock)
+    latency.update(runs=runs, rounds=rounds, threads=threads or torch.get_num_threads(), clock=clock)
     return latency
 
 

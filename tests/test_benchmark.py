@@ -1,0 +1,31 @@
+"""Latency measurement helpers (qat.pipeline.benchmark)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qat.pipeline.benchmark import compare_latency, fold_batchnorm, measure_latency
+
+
+def test_cpu_clock_needs_one_thread_and_counts_work() -> None:
+    small, large = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 64, 3)
+    x = torch.rand(1, 3, 96, 96)
+    with pytest.raises(ValueError, match="threads=1"):
+        measure_latency(small, x, runs=2, warmup=0, threads=2, clock="cpu")
+    with pytest.raises(ValueError, match="clock"):
+        measure_latency(small, x, runs=2, warmup=0, clock="gpu")
+    t = compare_latency({"small": small, "large": large}, x, runs=5, warmup=1, threads=1, rounds=2, clock="cpu")
+    assert 0 < t["small"] < t["large"]
+
+
+def test_fold_batchnorm_keeps_outputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 16, 16)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded[1], nn.Identity)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
