@@ -39,6 +39,22 @@ TORCHVISION_REFERENCE = (
     "shufflenet_v2_x2_0",
 )
 
+LATENCY_NOTE = """
+## Reading the latency columns
+
+The latency is one sample of a shared 2-core machine: CPU time leaves out waiting for a core,
+but a co-running job still slows the work itself (the two "cores" share caches), so single rows
+can be off by 2x (`henet_tinym` measures 1.49x alone: BENCHMARKS.md section 3). On this AVX2 CPU
+without VNNI the int8 arithmetic ceiling over fp32 FMA is ~2x, and these models stay below it:
+
+- EfficientNet: SiLU has no int8 kernel; it runs as dequantize -> SiLU -> quantize on every
+  expanded tensor (three memory passes where fp32 has one), plus the SE gate's int8 multiply.
+- GhostNet, ShuffleNetV2, Lite-HRNet, PP-LCNet, MobileNetV3-Small: many cheap ops (concat,
+  channel split/shuffle, resize, pooling, hardswish) whose int8 forms requantize or copy, and small
+  convs where fbgemm's per-call activation packing and requantization outweigh the arithmetic.
+  At batch 1 int8 can be slower than fp32 here; on an NPU or a VNNI CPU these costs differ.
+"""
+
 NOT_IN_ZOO = """
 ## Not in the zoo (yet)
 
@@ -119,7 +135,7 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
             f"| `{r['name']}` | {r['params']:,} | {ref} | {r['macs'] / 1e6:,.0f} | {r['fp32_mb']:.1f} | {r['int8_mb']:.1f} "
             f"| {r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {r['fp32_ms'] / r['int8_ms']:.2f}x |"
         )
-    return "\n".join(lines) + "\n" + NOT_IN_ZOO
+    return "\n".join(lines) + "\n" + LATENCY_NOTE + NOT_IN_ZOO
 
 
 def main() -> None:
