@@ -51,7 +51,7 @@ FAST = [
     "report.latency_rounds=1",
 ]
 QUANT_FAST = ["quant.calib_batches=2"]
-QAT_FAST = [*QUANT_FAST, "quant=qat", "quant.epochs=1", "quant.freeze_bn_epoch=0"]
+QAT_FAST = [*QUANT_FAST, "quant=qat", "quant.epochs=1"]
 
 
 def _run(run_dir: Path, *overrides: str) -> dict[str, Any]:
@@ -93,6 +93,20 @@ def test_qat_runs_every_stage_and_reports(qat_run: tuple[Path, dict[str, Any]]) 
     )
     state = json.loads((run_dir / "stages.json").read_text())["stages"]
     assert all(state[s]["status"] == "done" for s in ("float", "calib", "qat", "int8"))
+
+
+def _qat_state_keys(run_dir: Path) -> list[str]:
+    return list(torch.load(run_dir / "qat" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"])
+
+
+def test_qat_folds_bn_by_default_and_tracks_it_on_request(qat_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    run_dir, _ = qat_run
+    assert not [k for k in _qat_state_keys(run_dir) if "running_mean" in k], "quant.bn=fold leaves no BN"
+    report = _run(tmp_path, *QAT_FAST, "quant.bn=track", "quant.freeze_bn_epoch=0")
+    assert report["stages"]["int8"]["top1"] >= 0.0
+    assert [k for k in _qat_state_keys(tmp_path) if "bn.running_mean" in k]
+    with pytest.raises(ConfigError, match="needs quant.bn=track"):
+        _run(tmp_path / "bad", *QAT_FAST, "quant.freeze_bn_epoch=1")
 
 
 def test_float_only_trains_and_reports_without_int8(tmp_path: Path) -> None:

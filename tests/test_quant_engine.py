@@ -19,6 +19,8 @@ from qat.quant import (
     convert,
     disable_fake_quant,
     disable_observer,
+    enable_fake_quant,
+    fold_bn,
     freeze_activation_observers,
     freeze_bn_stats,
     fuse_model,
@@ -28,7 +30,8 @@ from qat.quant import (
     start_qat,
     unconverted_layers,
 )
-from qat.quant.backend import FakeQuantizeBase, FixedQParamsFakeQuantize, MinMaxObserver, nniqat, nnq
+from qat.quant.backend import FakeQuantizeBase, FixedQParamsFakeQuantize, MinMaxObserver, nniqat, nnq, nnqat
+from qat.quant.convbn import CONV_BN_QAT
 from qat.quant.observers import MSEObserver, PercentileObserver
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -139,6 +142,46 @@ def test_calibration_continues_into_qat(user_net: nn.Module, x: Tensor) -> None:
         loss.backward()
         opt.step()
     assert float(model.dw.conv.activation_post_process.scale) == scale, "fixed activation scales must not move"
+
+
+def test_fold_bn_keeps_calibrated_outputs_and_grids(user_net: nn.Module, x: Tensor) -> None:
+    user_net.train()(x)  # non-trivial BN running statistics
+    model = calibrate(prepare_calibration(user_net), [x])
+    weight_fq = model.dw.conv.weight_fake_quant
+    out_fq = model.dw.conv.activation_post_process
+    disable_observer(model)
+    float_before = model(x)
+    enable_fake_quant(model)
+    fq_before = model(x)
+    fold_bn(model)
+    assert not any(isinstance(m, CONV_BN_QAT) for m in model.modules())
+    assert type(model.stem[0]) is nniqat.ConvReLU2d and type(model.dw.conv) is nnqat.Conv2d
+    assert model.dw.conv.weight_fake_quant is weight_fq and model.dw.conv.activation_post_process is out_fq
+    fq_after = model.eval()(x)
+    disable_fake_quant(model)
+    torch.testing.assert_close(model(x), float_before, rtol=1e-4, atol=1e-5)
+    assert float((fq_after - fq_before).detach().norm() / fq_before.norm()) < 1e-2  # rounding near-ties only
+
+
+def test_folded_qat_trains_and_converts_to_matching_int8(user_net: nn.Module, x: Tensor) -> None:
+    model = start_qat(calibrate(prepare_calibration(user_net), [x]), bn="fold")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = model.stem[0].bias.detach().clone()
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(x), torch.arange(len(x)) % 10)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(model.stem[0].bias, before), "the folded bias trains"
+    q = convert(disable_observer(model.eval()))
+    assert unconverted_layers(q) == []
+    assert compare_outputs(model, q, [x])["rel_l2"] < 0.05
+
+
+def test_start_qat_rejects_unknown_bn_mode(user_net: nn.Module, x: Tensor) -> None:
+    with pytest.raises(ValueError, match="fold"):
+        start_qat(calibrate(prepare_calibration(user_net), [x]), bn="freeze")
 
 
 def test_convert_requires_prepared_and_observed_model(user_net: nn.Module) -> None:

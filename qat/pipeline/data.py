@@ -226,14 +226,16 @@ def _pil_transforms(image_size: int, augment: str) -> tuple[Callable, Callable]:
     """(train, eval) torchvision transforms ending in a tensor scaled to [-1, 1].
 
     ``small`` (≤ 64 px, CIFAR-style): random crop with padding + horizontal flip; ``imagenet``:
-    random-resized crop + flip, eval resize to 1/0.875 and centre crop; ``none``: eval transforms.
+    random-resized crop + flip, eval resize to 1/0.875 and centre crop; ``flip``: horizontal flip
+    only (short schedules, where crops slow fitting more than they regularise); ``none``: eval
+    transforms.
     """
     from torchvision import transforms as T
 
     if augment == "auto":
         augment = "small" if image_size <= 64 else "imagenet"
-    if augment not in ("small", "imagenet", "none"):
-        raise DataError(f"data.augment={augment!r}; use auto, small, imagenet or none")
+    if augment not in ("small", "imagenet", "flip", "none"):
+        raise DataError(f"data.augment={augment!r}; use auto, small, imagenet, flip or none")
     to_tensor = [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
     if augment == "imagenet":
         eval_tf = T.Compose([T.Resize(int(round(image_size / 0.875))), T.CenterCrop(image_size), *to_tensor])
@@ -243,6 +245,8 @@ def _pil_transforms(image_size: int, augment: str) -> tuple[Callable, Callable]:
     eval_tf = T.Compose([*resize, *to_tensor])
     if augment == "none":
         return eval_tf, eval_tf
+    if augment == "flip":
+        return T.Compose([*resize, T.RandomHorizontalFlip(), *to_tensor]), eval_tf
     train_tf = T.Compose(
         [*resize, T.RandomCrop(image_size, padding=max(1, image_size // 8)), T.RandomHorizontalFlip(), *to_tensor]
     )

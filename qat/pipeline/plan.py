@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from qat.pipeline.errors import ConfigError
-from qat.quant import ACTIVATION_OBSERVERS, TARGETS
+from qat.quant import ACTIVATION_OBSERVERS, BN_MODES, TARGETS
 
 __all__ = ["MODES", "QuantPlan"]
 
@@ -25,7 +25,9 @@ class QuantPlan:
     (float → calibration init → QAT fine-tune → int8). ``lr_scale`` multiplies the float learning
     rate for QAT (Horizon advises 1/100). ``activation_scales``: ``fixed`` keeps the calibrated
     activation grids during QAT, ``update`` lets their observers move until ``freeze_observer_epoch``.
-    ``freeze_bn_epoch``: QAT epoch from which BatchNorm statistics are frozen (``None``: never).
+    ``bn``: ``fold`` folds BatchNorm into the conv when QAT starts (Horizon's default; no BN work
+    in the step) or ``track`` keeps the conv+BN QAT modules, whose batch statistics move until
+    ``freeze_bn_epoch`` (the QAT epoch from which they are frozen; ``None``: never).
     """
 
     mode: str = "qat"
@@ -35,6 +37,7 @@ class QuantPlan:
     epochs: int = 0
     lr_scale: float = 0.01
     activation_scales: str = "fixed"
+    bn: str = "fold"
     freeze_bn_epoch: int | None = None
     freeze_observer_epoch: int | None = None
     high_precision_output: bool = False
@@ -50,6 +53,14 @@ class QuantPlan:
             )
         if self.activation_scales not in ("fixed", "update"):
             raise ConfigError(f"quant.activation_scales={self.activation_scales!r}; use 'fixed' or 'update'")
+        if self.bn not in BN_MODES:
+            raise ConfigError(f"quant.bn={self.bn!r} is unknown; use one of {list(BN_MODES)}")
+        if self.bn == "fold" and self.freeze_bn_epoch is not None:
+            raise ConfigError(
+                f"quant.freeze_bn_epoch={self.freeze_bn_epoch} needs quant.bn=track: with quant.bn=fold BN is "
+                "folded into the conv when QAT starts and has no statistics left to freeze "
+                "(set quant.freeze_bn_epoch=null, or quant.bn=track)"
+            )
         if self.mode != "float" and self.calib_batches < 1:
             raise ConfigError(f"quant.calib_batches must be >= 1, got {self.calib_batches}")
         if self.mode == "qat" and self.epochs < 1:

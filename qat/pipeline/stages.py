@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -28,7 +29,7 @@ from qat.pipeline.benchmark import compare_latency, fold_batchnorm, state_dict_b
 from qat.pipeline.callbacks import FreezeBNStats, FreezeObservers, NaNLossGuard, StepTimer, SyncRankState
 from qat.pipeline.checkpoints import load_float_weights, load_module_weights, read_checkpoint
 from qat.pipeline.data import ClassificationDataModule
-from qat.pipeline.errors import ConfigError, ModelRejectedError, UnknownModelError
+from qat.pipeline.errors import ConfigError, ModelRejectedError, PipelineError, UnknownModelError
 from qat.pipeline.evaluation import EvalResult, evaluate_model, prediction_agreement, quantized_kernels_allowed
 from qat.pipeline.export import export_int8
 from qat.pipeline.module import ClassificationModule
@@ -68,8 +69,18 @@ class RunContext:
         return bool(self.cfg.trainer.get("enable_progress_bar", True))
 
 
+def _instantiate(cfg: DictConfig) -> Any:
+    """``instantiate``, re-raising our own errors (a bad value in a config) unwrapped."""
+    try:
+        return instantiate(cfg)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, PipelineError):
+            raise err.__cause__ from None
+        raise
+
+
 def build_plan(cfg: DictConfig) -> QuantPlan:
-    plan = instantiate(cfg)
+    plan = _instantiate(cfg)
     if not isinstance(plan, QuantPlan):
         raise ConfigError(f"the quant config must instantiate qat.pipeline.plan.QuantPlan, got {type(plan).__name__}")
     return plan
@@ -80,11 +91,11 @@ def build_model(cfg: DictConfig) -> nn.Module:
     name = cfg.get("name")
     if cfg.get("_target_") == "qat.models.create_model" and name not in list_models():
         raise UnknownModelError(str(name), list_models())
-    return instantiate(cfg)
+    return _instantiate(cfg)
 
 
 def build_data(cfg: DictConfig) -> ClassificationDataModule:
-    data = instantiate(cfg)
+    data = _instantiate(cfg)
     if not isinstance(data, ClassificationDataModule):
         raise ConfigError(f"the data config must instantiate a ClassificationDataModule, got {type(data).__name__}")
     return data
@@ -215,7 +226,7 @@ def run_calib_stage(ctx: RunContext, float_model: nn.Module) -> tuple[nn.Module,
 def run_qat_stage(ctx: RunContext, calibrated: nn.Module) -> tuple[nn.Module, EvalResult | None]:
     """Fine-tune the calibrated fake-quant model (QAT) at ``lr_scale`` × the float learning rate."""
     plan = ctx.plan
-    model = start_qat(calibrated, fixed_activation_scales=plan.activation_scales == "fixed")
+    model = start_qat(calibrated, fixed_activation_scales=plan.activation_scales == "fixed", bn=plan.bn)
     callbacks: list[pl.Callback] = []
     if plan.freeze_bn_epoch is not None:
         callbacks.append(FreezeBNStats(plan.freeze_bn_epoch))

@@ -5,9 +5,11 @@ This is the only package that touches ``torch.ao.quantization`` (through ``qat.q
 
 from qat.quant.check import CheckReport, Finding, ModelCheckError, check_model
 from qat.quant.compare import compare_layers, compare_outputs, replay_ops
+from qat.quant.convbn import fold_bn
 from qat.quant.fuse import collect_patterns, fuse_model
 from qat.quant.int8_ops import INT8_POLICIES, Int8Policy
 from qat.quant.prepare import (
+    BN_MODES,
     calibrate,
     convert,
     disable_fake_quant,
@@ -26,6 +28,7 @@ from qat.quant.verify import VerifyResult, unconverted_layers, verify_model
 
 __all__ = [
     "ACTIVATION_OBSERVERS",
+    "BN_MODES",
     "INT8_POLICIES",
     "TARGETS",
     "CheckReport",
@@ -43,6 +46,7 @@ __all__ = [
     "disable_observer",
     "enable_fake_quant",
     "enable_observer",
+    "fold_bn",
     "freeze_activation_observers",
     "freeze_bn_stats",
     "fuse_model",

@@ -25,12 +25,13 @@ from qat.quant.backend import (
     nnq,
     tq,
 )
-from qat.quant.convbn import use_fast_conv_bn
+from qat.quant.convbn import fold_bn, use_fast_conv_bn
 from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
 from qat.quant.int8_ops import QuantizedLUT, QuantizedRequant, QuantizedSoftmax, policy_for
 from qat.quant.qconfig import QuantConfig, get_qconfig
 
 __all__ = [
+    "BN_MODES",
     "calibrate",
     "convert",
     "disable_fake_quant",
@@ -231,12 +232,24 @@ def calibrate(
     return model
 
 
-def start_qat(model: nn.Module, fixed_activation_scales: bool = True) -> nn.Module:
+#: ``start_qat``'s BatchNorm treatments.
+BN_MODES = ("fold", "track")
+
+
+def start_qat(model: nn.Module, fixed_activation_scales: bool = True, bn: str = "fold") -> nn.Module:
     """Switch a (calibrated) fake-quant model to QAT: train mode, fake-quant on.
 
     With ``fixed_activation_scales`` the activation grids found by calibration stay fixed
-    (Horizon's default); otherwise their observers keep updating during QAT.
+    (Horizon's default); otherwise their observers keep updating during QAT. ``bn="fold"``
+    (Horizon's default QAT mode) folds every conv+BN into one fake-quant conv first
+    (:func:`qat.quant.convbn.fold_bn`): the step does no BN work and trains what int8 runs;
+    ``bn="track"`` keeps torch.ao's conv+BN modules, BN using batch statistics until
+    :func:`freeze_bn_stats`.
     """
+    if bn not in BN_MODES:
+        raise ValueError(f"start_qat(bn={bn!r}): use one of {BN_MODES}")
+    if bn == "fold":
+        fold_bn(model)
     model.train()
     enable_fake_quant(model)
     enable_observer(model)

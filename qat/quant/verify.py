@@ -11,6 +11,7 @@ from torch import nn
 from qat.quant.backend import nnq
 from qat.quant.check import CheckReport, check_model
 from qat.quant.compare import compare_outputs, replay_ops
+from qat.quant.convbn import fold_bn
 from qat.quant.prepare import convert, disable_observer, prepare_qat
 from qat.quant.qconfig import QuantConfig
 
@@ -46,12 +47,14 @@ def verify_model(
     qconfig: str | QuantConfig = "x86",
     steps: int = 3,
     lr: float = 1e-3,
+    bn: str = "track",
 ) -> VerifyResult:
     """float forward/backward → ``check_model`` → ``prepare_qat`` → SGD steps → ``convert`` → compare.
 
     The QAT steps distil the fake-quant model towards the float model's output (a relative MSE loss,
     clipped gradients),
-    so scales stay representative of real use.
+    so scales stay representative of real use. ``bn="fold"`` folds BN into the convs before the
+    steps, as :func:`~qat.quant.start_qat` does by default.
 
     Raises if the float backward gives no gradient or ``check_model`` finds errors; returns the
     int8-vs-fake-quant agreement at the output (``rel_l2``, ``max_abs``, ``top1_agreement``),
@@ -70,6 +73,8 @@ def verify_model(
     fq = prepare_qat(model.train(), qconfig)
     with torch.no_grad():
         fq(example_input)  # one observing pass, so even steps=0 converts from real ranges
+    if bn == "fold":
+        fold_bn(fq)
     opt = torch.optim.SGD(fq.parameters(), lr=lr)
     # Random-init nets in eval mode can output values of 1e6+: a scale-free loss and clipped
     # gradients keep the steps small, as real fine-tuning does, instead of blowing the weights up.
