@@ -20,7 +20,7 @@ def image() -> Image.Image:
 def test_flip_augment_only_mirrors(image: Image.Image) -> None:
     train_tf, eval_tf = _pil_transforms(32, "flip")
     plain = eval_tf(image)
-    assert plain.shape == (3, 32, 32) and -1.0 <= float(plain.min()) and float(plain.max()) <= 1.0
+    assert plain.shape == (3, 32, 32) and float(plain.min()) >= -1.0 and float(plain.max()) <= 1.0
     seen = set()
     for _ in range(40):
         out = train_tf(image)

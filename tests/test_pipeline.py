@@ -279,6 +279,13 @@ def test_every_registered_model_has_a_config() -> None:
         assert path.is_file(), f"{path} missing: run python scripts/gen_model_configs.py"
         cfg = OmegaConf.load(path)
         assert cfg.name == name and cfg._target_ == "qat.models.create_model"
+    stale = [
+        p.name
+        for p in (CONF_DIR / "model").glob("*.yaml")
+        if OmegaConf.load(p).get("_target_") == "qat.models.create_model"
+        and OmegaConf.load(p).name not in list_models()
+    ]
+    assert not stale, f"configs for unregistered models {stale}: run python scripts/gen_model_configs.py"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qat.quant.backend import nnq
+
 __all__ = ["compare_layers", "compare_outputs", "replay_ops"]
 
 
@@ -104,7 +106,11 @@ def replay_ops(fake_quant_model: nn.Module, int8_model: nn.Module, x: Tensor) ->
 
                 setattr(mod, meth, wrapped)
                 restore.append((mod, meth))
-        elif path and not list(mod.children()) or type(mod).__name__ in ("QuantizedLUT", "QuantizedRequant"):
+        elif (
+            (path and not list(mod.children()))
+            or isinstance(mod, nnq.Linear)  # its packed-params child hides it from the leaf test
+            or type(mod).__name__ in ("QuantizedLUT", "QuantizedRequant")
+        ):
             handles.append(
                 mod.register_forward_hook(
                     lambda m, a, kw, o, _p=path: calls.append((_p, None, a, kw, o)), with_kwargs=True

@@ -1,0 +1,134 @@
+"""ESPNetv2: parameter counts vs the authors' code, shapes and strides, the int8 PReLU and features.
+
+The full-size int8 contract of the registered models runs in tests/test_models.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from contract import assert_int8_contract
+from torch import nn
+
+from qat.models import create_model
+from qat.models.espnet import CHANNELS, ESPNetV2
+from qat.nn.blocks.espnet import EESP, EESPDownsampler, eesp_dilations
+from qat.nn.stubs import QuantStub
+from qat.quant import verify_model
+from qat.quant.int8_ops import QuantizedLUT
+
+# scale: (ours, the reference code's count, its never-called parameters, the README's figure).
+# The reference (sacmehta/EdgeNets EESPNet) also builds an image shortcut for its last
+# down-sampler and an output PReLU for every stride-2 EESP, and never calls them.
+REFERENCE = {
+    "s0_5": (1_239_722, 1_241_332, 1_610, 1.24e6),
+    "s1_0": (1_666_942, 1_670_072, 3_130, 1.67e6),
+    "s1_25": (1_961_542, 1_965_440, 3_898, 1.96e6),
+    "s1_5": (2_310_190, 2_314_856, 4_666, 2.31e6),
+    "s2_0": (3_491_934, 3_498_136, 6_202, 3.49e6),
+}
+NAMES = ["espnetv2_s0_5", "espnetv2_s1_0"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The test machine's cores are shared: one intra-op thread is several times faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("scale", list(REFERENCE))
+def test_params_vs_reference(scale: str) -> None:
+    ours, reference, never_called, readme = REFERENCE[scale]
+    assert _count(ESPNetV2(CHANNELS[scale])) == ours == reference - never_called
+    assert abs(ours / readme - 1) <= 0.005
+    if f"espnetv2_{scale}" in NAMES:
+        assert _count(create_model(f"espnetv2_{scale}")) == ours
+
+
+def test_eesp_dilations_follow_receptive_limits() -> None:
+    """Levels 2-5 use limits 13, 11, 9 → dilations 1-4; 7 → 1, 1, 2, 3; 5 → 1, 1, 1, 2."""
+    assert eesp_dilations(4, 13) == eesp_dilations(4, 9) == [1, 2, 3, 4]
+    assert eesp_dilations(4, 7) == [1, 1, 2, 3]
+    assert eesp_dilations(4, 5) == [1, 1, 1, 2]
+    block = EESP(64, 64, 1, 4, 5)
+    assert [c.dilation[0] for c in block.spp_dw] == [1, 1, 1, 2]
+    assert block.residual and not EESP(64, 64, 2, 4, 5).residual
+
+
+def test_classification_shape_at_224() -> None:
+    model = create_model("espnetv2_s0_5").eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_features_and_cifar_stem(name: str) -> None:
+    """Features at strides 4, 8, 16, 32 (ImageNet stem) and 2, 4, 8, 16 (CIFAR stem), same parameters."""
+    imagenet = create_model(name, num_classes=10, include_top=False).eval()
+    cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
+    assert _count(imagenet) == _count(cifar)
+    with torch.no_grad():
+        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
+        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
+        logits = create_model(name, num_classes=10, stem="cifar").eval()(torch.rand(2, 3, 32, 32))
+    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
+    assert [f.shape[-1] for f in small] == [16, 8, 4, 2]
+    assert [f.shape[1] for f in small] == cifar.feature_channels == list(CHANNELS[name[-4:]][1:5])
+    assert logits.shape == (2, 10)
+
+
+def test_input_scale_and_stem_arguments() -> None:
+    fixed = create_model("espnetv2_s0_5", num_classes=10)
+    observed = create_model("espnetv2_s0_5", num_classes=10, input_scale=None)
+    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
+    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
+    with pytest.raises(ValueError):
+        create_model("espnetv2_s0_5", stem="tiny")
+
+
+def test_downsampler_needs_the_pooled_image() -> None:
+    block = EESPDownsampler(16, 32, 4, 13).eval()
+    x = torch.rand(1, 16, 8, 8)
+    with pytest.raises(ValueError, match="pooled input image"):
+        block(x)
+    with pytest.raises(ValueError, match="pooled image is"):
+        block(x, torch.rand(1, 3, 8, 8))
+    assert block(x, torch.rand(1, 3, 4, 4)).shape == (1, 32, 4, 4)
+    assert EESPDownsampler(16, 32, reinforce=False).eval()(x).shape == (1, 32, 4, 4)
+
+
+def test_int8_prelu_is_a_per_channel_table() -> None:
+    """Each channel's int8 output code is a function of its input code: a 256-entry table per channel,
+    equal to fake-quant(prelu_c(dequant(code)))."""
+    slopes = torch.tensor([0.25, -0.5, 1.5, 0.0])
+    prelu = nn.PReLU(4)
+    with torch.no_grad():
+        prelu.weight.copy_(slopes)
+    codes = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 4, 16, 16).contiguous()
+    qx = torch._make_per_tensor_quantized_tensor(codes, 0.03, 120)
+    out_scale, out_zp = 0.02, 90
+    q = QuantizedLUT(prelu, out_scale, out_zp)(qx)
+    x = qx.dequantize()
+    for c, a in enumerate(slopes):
+        y = torch.where(x[0, c] >= 0, x[0, c], a * x[0, c])
+        expected = torch.fake_quantize_per_tensor_affine(y, out_scale, out_zp, 0, 255)
+        torch.testing.assert_close(q.dequantize()[0, c], expected, rtol=0, atol=1e-6)
+
+
+def test_features_verify_int8() -> None:
+    """``include_top=False``: the four feature maps leave through their own DeQuantStubs, all in int8."""
+    torch.manual_seed(0)
+    model = create_model("espnetv2_s0_5", include_top=False, stem="cifar")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    r = verify_model(model, x, bn="fold")
+    assert_int8_contract(r)
+    assert [f.shape[-1] for f in r.int8_model(x)] == [16, 8, 4, 2]

@@ -1,0 +1,107 @@
+"""GoogLeNet: equal to torchvision's (parameters, weights, outputs), stems, features in int8.
+
+The full-size int8 contract runs for every registered model in tests/test_models.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torchvision
+from contract import assert_int8_contract
+
+from qat.models import create_model
+from qat.nn.blocks.googlenet import Inception
+from qat.nn.stubs import QuantStub
+from qat.quant import verify_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The test machine's cores are shared: one intra-op thread is several times faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _torchvision() -> torch.nn.Module:
+    return torchvision.models.googlenet(aux_logits=False, init_weights=True)
+
+
+def test_params_equal_torchvision() -> None:
+    ours, ref = create_model("googlenet"), _torchvision()
+    assert _count(ours) == _count(ref) == 6_624_904
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
+    ref_bn = [m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    our_bn = [m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(our_bn) == len(ref_bn) and all(m.eps == 1e-3 for m in our_bn + ref_bn)
+    assert all(m.bias is None for m in ours.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_matches_torchvision_with_its_weights() -> None:
+    """Same module names up to ``bn`` → ``norm``: torchvision's state dict loads and gives its outputs."""
+    ref, ours = _torchvision().eval(), create_model("googlenet").eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.1)
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    ours.load_state_dict({k.replace(".bn.", ".norm."): v for k, v in ref.state_dict().items()})
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref(x), atol=1e-5)
+
+
+def test_inception_output_channels() -> None:
+    block = Inception(192, 64, 96, 128, 16, 32, 32).eval()
+    with torch.no_grad():
+        assert block(torch.rand(1, 192, 7, 7)).shape == (1, block.out_channels, 7, 7) == (1, 256, 7, 7)
+
+
+def test_classification_shape_224() -> None:
+    model = create_model("googlenet").eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+
+
+def test_cifar_stem_changes_strides_only() -> None:
+    """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
+    imagenet = create_model("googlenet", num_classes=10, include_top=False).eval()
+    cifar = create_model("googlenet", num_classes=10, include_top=False, stem="cifar").eval()
+    assert _count(imagenet) == _count(cifar)
+    with torch.no_grad():
+        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
+        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
+        logits = create_model("googlenet", num_classes=10, stem="cifar").eval()(torch.rand(2, 3, 32, 32))
+    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
+    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
+    assert [f.shape[1] for f in small] == cifar.feature_channels == [192, 480, 832, 1024]
+    assert logits.shape == (2, 10)
+
+
+def test_input_scale_and_stem_arguments() -> None:
+    fixed = create_model("googlenet", num_classes=10)
+    observed = create_model("googlenet", num_classes=10, input_scale=None)
+    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
+    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
+    with pytest.raises(ValueError):
+        create_model("googlenet", stem="tiny")
+
+
+def test_features_verify_int8() -> None:
+    """``include_top=False``: every feature map leaves through its own DeQuantStub, all in int8."""
+    torch.manual_seed(0)
+    model = create_model("googlenet", include_top=False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    r = verify_model(model, x)
+    assert_int8_contract(r)
+    assert [f.shape[-1] for f in r.int8_model(x)] == [8, 4, 2, 1]

@@ -1,0 +1,138 @@
+"""ResNeSt: parameter counts vs the official code, split attention vs its formula, stems, int8.
+
+The full int8 contract (float/QAT/int8 at 32×32) runs for ``resnest50`` in tests/test_models.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from contract import assert_int8_contract
+from torch import Tensor, nn
+
+import qat.nn as qnn
+from qat.models import create_model
+from qat.models.resnest import ResNeSt
+from qat.nn.blocks.resnest import ResNeStBottleneck, SplitAttention
+from qat.nn.stubs import QuantStub
+from qat.quant import verify_model
+
+# Official ResNeSt (zhanghang1989/ResNeSt, PyTorch) = timm's resnest{14,26,50}d; paper: 27.5M for ResNeSt-50.
+REFERENCE_PARAMS = {(1, 1, 1, 1): 10_611_688, (2, 2, 2, 2): 17_069_448, (3, 4, 6, 3): 27_483_240}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The test machine's cores are shared: one intra-op thread is several times faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_resnest50_params_equal_reference() -> None:
+    assert _count(create_model("resnest50")) == REFERENCE_PARAMS[(3, 4, 6, 3)]
+    assert _count(create_model("resnest50", stem="cifar")) == REFERENCE_PARAMS[(3, 4, 6, 3)]
+    assert abs(REFERENCE_PARAMS[(3, 4, 6, 3)] / 27.5e6 - 1) < 0.001
+
+
+@pytest.mark.parametrize("layers", [(1, 1, 1, 1), (2, 2, 2, 2)], ids=["resnest14", "resnest26"])
+def test_other_depths_equal_reference(layers: tuple[int, ...]) -> None:
+    assert _count(ResNeSt(layers)) == REFERENCE_PARAMS[layers]
+
+
+def test_logits_at_224() -> None:
+    model = create_model("resnest50").eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+
+
+def test_feature_shapes_and_cifar_stem() -> None:
+    """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
+    imagenet = create_model("resnest50", num_classes=10, include_top=False).eval()
+    cifar = create_model("resnest50", num_classes=10, include_top=False, stem="cifar").eval()
+    with torch.no_grad():
+        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
+        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
+    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
+    assert [f.shape[1] for f in small] == [256, 512, 1024, 2048] == cifar.feature_channels
+
+
+def test_input_scale_and_stem_arguments() -> None:
+    fixed = create_model("resnest50", num_classes=10)
+    observed = create_model("resnest50", num_classes=10, input_scale=None)
+    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
+    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
+    with pytest.raises(ValueError):
+        create_model("resnest50", stem="tiny")
+
+
+def _splat_formula(m: SplitAttention, x: Tensor) -> Tensor:
+    """The paper's split attention on the module's own layers, with plain tensor ops."""
+    u = m.conv(x)
+    b, rc, h, w = u.shape
+    splits = u.reshape(b, m.radix, rc // m.radix, h, w)  # radix-major channel chunks
+    s = splits.sum(1).mean((2, 3), keepdim=True)
+    logits = m.fc2(m.act1(m.bn1(m.fc1(s))))  # cardinal-major: [cardinality][radix][C / cardinality]
+    a = logits.view(b, m.cardinality, m.radix, -1).transpose(1, 2).softmax(1)
+    return (splits * a.reshape(b, m.radix, rc // m.radix, 1, 1)).sum(1)
+
+
+@pytest.mark.parametrize(("radix", "cardinality"), [(2, 1), (4, 2)])
+def test_split_attention_matches_formula(radix: int, cardinality: int) -> None:
+    m = SplitAttention(32, 32, radix=radix, cardinality=cardinality).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+        x = torch.randn(2, 32, 8, 8)
+        assert torch.allclose(m(x), _splat_formula(m, x), atol=1e-5)
+    with pytest.raises(ValueError):
+        SplitAttention(32, radix=1)
+
+
+def test_bottleneck_layout() -> None:
+    """avd: the split-attention conv keeps stride 1, a 3×3 s2 average pool follows; avg-down shortcut."""
+    block = ResNeStBottleneck(64, 32, stride=2)
+    assert block.conv2.conv.conv.stride == (1, 1)
+    assert isinstance(block.avd_last, nn.AvgPool2d) and block.avd_last.stride == 2
+    assert isinstance(block.downsample[0], nn.AvgPool2d) and block.downsample[0].ceil_mode
+    assert not block.downsample[0].count_include_pad
+    assert isinstance(ResNeStBottleneck(128, 32).downsample, nn.Identity)
+    assert block(torch.randn(2, 64, 9, 9)).shape == (2, 128, 5, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(stride=2), dict(stride=2, radix=4, cardinality=2, avd_first=True, avg_down=False)],
+    ids=["2s1x", "4s2x_avd_first_conv_down"],
+)
+def test_bottleneck_verifies_int8(kwargs: dict) -> None:
+    """Split sum, pool, fc1-BN-ReLU, fc2, radix softmax, weighted sum and pools: int8 == fake-quant per op."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        qnn.QuantStub(scale=1 / 128),
+        qnn.ConvModule2d(3, 64, 3, padding=1, norm_layer="bn", act_layer="relu"),
+        ResNeStBottleneck(64, 32, **kwargs),
+        qnn.DeQuantStub(),
+    )
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    r = verify_model(model, x, steps=2, bn="fold")
+    assert_int8_contract(r, min_compared=5_000)
+    assert type(r.int8_model[2].conv2.softmax).__name__ == "QuantizedSoftmax"
+
+
+def test_features_verify_int8() -> None:
+    """``include_top=False`` with the CIFAR stem: four int8 feature maps, int8 == fake-quant per op."""
+    torch.manual_seed(0)
+    model = create_model("resnest50", include_top=False, stem="cifar")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    r = verify_model(model, x, steps=1, bn="fold")
+    assert_int8_contract(r)
+    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8, 4]

@@ -1,0 +1,92 @@
+"""Xception: parameter count vs the reference, stems, feature outputs, every ReLU in int8.
+
+The full int8 contract (float/QAT/int8 at 32×32) runs for ``xception`` in tests/test_models.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from contract import assert_int8_contract
+from torch import nn
+
+from qat.models import create_model
+from qat.models.xception import STAGE_CHANNELS
+from qat.nn.blocks.xception import XceptionBlock
+from qat.nn.stubs import QuantStub
+from qat.quant import verify_model
+from qat.quant.fuse import collect_patterns
+
+# Keras' Xception, Cadene's pretrainedmodels / timm's legacy ``xception``: same tensors, same count.
+REFERENCE_PARAMS = 22_855_952
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The test machine's cores are shared: one intra-op thread is several times faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_params_equal_reference() -> None:
+    model = create_model("xception")
+    assert _count(model) == REFERENCE_PARAMS
+    assert _count(create_model("xception", stem="cifar")) == REFERENCE_PARAMS
+    # the classifier is the only class-dependent part: 2048 x 1000 weights + 1000 biases
+    assert REFERENCE_PARAMS - _count(create_model("xception", include_top=False)) == 2048 * 1000 + 1000
+
+
+def test_logits_at_224() -> None:
+    model = create_model("xception").eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+
+
+def test_feature_shapes_and_cifar_stem() -> None:
+    """Strides 4, 8, 16, 32 (the unpadded stem trims a pixel at 64×64), with the CIFAR stem 1, 2, 4, 8."""
+    imagenet = create_model("xception", num_classes=10, include_top=False).eval()
+    cifar = create_model("xception", num_classes=10, include_top=False, stem="cifar").eval()
+    with torch.no_grad():
+        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
+        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert [f.shape[-1] for f in big] == [15, 8, 4, 2]
+    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
+    assert [f.shape[1] for f in small] == list(STAGE_CHANNELS) == cifar.feature_channels
+
+
+def test_input_scale_and_stem_arguments() -> None:
+    fixed = create_model("xception", num_classes=10)
+    observed = create_model("xception", num_classes=10, input_scale=None)
+    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
+    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
+    with pytest.raises(ValueError):
+        create_model("xception", stem="tiny")
+
+
+def test_every_relu_fuses_or_opens_a_block() -> None:
+    """Each ReLU is fused into conv+BN, except the one opening each of blocks 2-12 (pre-activation)."""
+    model = create_model("xception")
+    fused = {p[-1] for p in collect_patterns(model)}
+    standalone = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU) and n not in fused]
+    openers = [f"{n}.act" for n, m in model.named_modules() if isinstance(m, XceptionBlock) and n != "stages.0.0"]
+    assert standalone == openers and len(openers) == 11
+    # fused: stem 2, entry blocks 1 each, middle blocks 2 each, exit block 1, exit separable convs 2
+    assert len(fused & {n for n, m in model.named_modules() if isinstance(m, nn.ReLU)}) == 2 + 3 + 8 * 2 + 1 + 2
+
+
+def test_features_verify_int8() -> None:
+    """``include_top=False`` with the CIFAR stem: four int8 feature maps, int8 == fake-quant per op."""
+    torch.manual_seed(0)
+    model = create_model("xception", include_top=False, stem="cifar")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    r = verify_model(model, x, steps=1, bn="fold")
+    assert_int8_contract(r)
+    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8, 4]
