@@ -52,10 +52,14 @@ without VNNI the int8 arithmetic ceiling over fp32 FMA is ~2x, and these models 
 
 - EfficientNet: SiLU has no int8 kernel; it runs as dequantize -> SiLU -> quantize on every
   expanded tensor (three memory passes where fp32 has one), plus the SE gate's int8 multiply.
-- GhostNet, ShuffleNetV2, Lite-HRNet, PP-LCNet, MobileNetV3-Small: many cheap ops (concat,
+- GhostNet, ShuffleNet V1/V2, Lite-HRNet, PP-LCNet, MobileNetV3-Small: many cheap ops (concat,
   channel split/shuffle, resize, pooling, hardswish) whose int8 forms requantize or copy, and small
   convs where fbgemm's per-call activation packing and requantization outweigh the arithmetic.
   At batch 1 int8 can be slower than fp32 here; on an NPU or a VNNI CPU these costs differ.
+- ESPNetv2: 57 per-channel PReLUs that do not fuse into a conv (each an int8 lookup: dequantize ->
+  PReLU -> quantize), grouped 1x1 and dilated depthwise convs, and many adds/concats.
+- MobileViT: LayerNorm, softmax and the patch unfold/fold run as requantizing ops between the
+  int8 matmuls; attention at batch 1 is small matrices where fbgemm gains little.
 """
 
 NOT_IN_ZOO = """
