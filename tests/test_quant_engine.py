@@ -160,7 +160,7 @@ def test_fold_bn_keeps_calibrated_outputs_and_grids(user_net: nn.Module, x: Tens
     fq_after = model.eval()(x)
     disable_fake_quant(model)
     torch.testing.assert_close(model(x), float_before, rtol=1e-4, atol=1e-5)
-    assert float((fq_after - fq_before).detach().norm() / fq_before.norm()) < 1e-2  # rounding near-ties only
+    assert float((fq_after - fq_before).detach().norm() / fq_before.detach().norm()) < 1e-2  # rounding near-ties only
 
 
 def test_folded_qat_trains_and_converts_to_matching_int8(user_net: nn.Module, x: Tensor) -> None:
@@ -253,3 +253,23 @@ def test_convert_squares_depthwise_kernels_bit_exactly(monkeypatch: pytest.Monke
     assert as_trained.wide.conv.kernel_size == (1, 5) and as_trained.tall.conv.kernel_size == (5, 1)
     with torch.no_grad():
         assert torch.equal(int8(x), as_trained(x))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_per_tensor_fake_quant_equals_torch(seed: int) -> None:
+    """Same values (ties included) and the same straight-through gradient as torch's kernel."""
+    from qat.quant.fakequant import fake_quantize_per_tensor
+
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(1, generator=g) * 0.1 + 1e-3
+    zero_point = torch.randint(0, 256, (1,), generator=g, dtype=torch.int32)
+    x = torch.randn(4, 8, 16, 16, generator=g) * 40 * scale
+    x[0, 0, 0, :8] = (torch.arange(8) - 4 + 0.5) * scale  # exact half-way points
+    x.requires_grad_(True)
+    ref = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+    ours = fake_quantize_per_tensor(x, scale, zero_point, 0, 255)
+    assert torch.equal(ours, ref)
+    grad = torch.randn_like(x)
+    (g_ref,) = torch.autograd.grad(ref, x, grad)
+    (g_ours,) = torch.autograd.grad(ours, x, grad)
+    assert torch.equal(g_ours, g_ref)

@@ -48,6 +48,7 @@ from qat.quant.backend import (
     MovingAveragePerChannelMinMaxObserver,
     QConfig,
 )
+from qat.quant.fakequant import PerTensorFakeQuantize
 from qat.quant.observers import MSEObserver, PercentileObserver
 
 __all__ = ["ACTIVATION_OBSERVERS", "TARGETS", "QuantConfig", "get_qconfig"]
@@ -89,7 +90,7 @@ class QuantConfig:
             "mse": MSEObserver,
             "histogram": HistogramObserver,
         }[self.activation_observer]
-        return FakeQuantize.with_args(observer=observer, **common)
+        return PerTensorFakeQuantize.with_args(observer=observer, **common)
 
     def weight(self):
         """Per-channel symmetric weight fake-quant tracking the current weights (not a stale min/max)."""
