@@ -23,3 +23,51 @@ def assert_int8_contract(r: VerifyResult, min_compared: int = 10_000, output_rel
     assert r.ops["mismatched"] <= OP_MISMATCH_FRACTION * r.ops["compared"], r.ops
     assert r.ops["worst_steps"] <= 1.0 + 1e-3, r.ops
     assert r.agreement["rel_l2"] <= output_rel_l2, r.agreement
+
+
+def assert_input_scale_and_stem_arguments(name: str) -> None:
+    """``input_scale`` fixes the QuantStub grid (``None`` observes it); an unknown ``stem`` is refused."""
+    import pytest
+
+    from qat.models import create_model
+    from qat.nn.stubs import QuantStub
+
+    fixed = create_model(name, num_classes=10)
+    observed = create_model(name, num_classes=10, input_scale=None)
+    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
+    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
+    with pytest.raises(ValueError):
+        create_model(name, stem="tiny")
+
+
+def assert_logits_at_224(name: str) -> None:
+    """A 1x3x224x224 image gives 1000 logits."""
+    import torch
+
+    from qat.models import create_model
+
+    with torch.no_grad():
+        assert create_model(name).eval()(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+
+
+def stem_feature_sizes(name: str) -> tuple[list[int], list[int], list[int]]:
+    """Feature-map sizes at 64 px (ImageNet stem) and 32 px (CIFAR stem) and the CIFAR channels.
+
+    Asserts what holds for every model: both stems have the same parameters, the CIFAR features
+    carry ``feature_channels`` and the CIFAR classifier gives logits at 32x32.
+    """
+    import torch
+
+    from qat.models import create_model
+
+    imagenet = create_model(name, num_classes=10, include_top=False).eval()
+    cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
+    count = sum(p.numel() for p in imagenet.parameters())
+    assert count == sum(p.numel() for p in cifar.parameters())
+    with torch.no_grad():
+        big = imagenet(torch.rand(1, 3, 64, 64) * 2 - 1)
+        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
+        logits = create_model(name, num_classes=10, stem="cifar").eval()(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert logits.shape == (2, 10)
+    assert [f.shape[1] for f in small] == cifar.feature_channels
+    return [f.shape[-1] for f in big], [f.shape[-1] for f in small], cifar.feature_channels

@@ -9,13 +9,17 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from contract import assert_int8_contract
+from contract import (
+    assert_input_scale_and_stem_arguments,
+    assert_int8_contract,
+    assert_logits_at_224,
+    stem_feature_sizes,
+)
 from torch import nn
 
 from qat.models import create_model
 from qat.models.espnet import CHANNELS, ESPNetV2
 from qat.nn.blocks.espnet import EESP, EESPDownsampler, eesp_dilations
-from qat.nn.stubs import QuantStub
 from qat.quant import verify_model
 from qat.quant.int8_ops import QuantizedLUT
 
@@ -65,34 +69,19 @@ def test_eesp_dilations_follow_receptive_limits() -> None:
 
 
 def test_classification_shape_at_224() -> None:
-    model = create_model("espnetv2_s0_5").eval()
-    with torch.no_grad():
-        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+    assert_logits_at_224("espnetv2_s0_5")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_features_and_cifar_stem(name: str) -> None:
     """Features at strides 4, 8, 16, 32 (ImageNet stem) and 2, 4, 8, 16 (CIFAR stem), same parameters."""
-    imagenet = create_model(name, num_classes=10, include_top=False).eval()
-    cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
-    assert _count(imagenet) == _count(cifar)
-    with torch.no_grad():
-        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
-        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
-        logits = create_model(name, num_classes=10, stem="cifar").eval()(torch.rand(2, 3, 32, 32))
-    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
-    assert [f.shape[-1] for f in small] == [16, 8, 4, 2]
-    assert [f.shape[1] for f in small] == cifar.feature_channels == list(CHANNELS[name[-4:]][1:5])
-    assert logits.shape == (2, 10)
+    big, small, channels = stem_feature_sizes(name)
+    assert (big, small) == ([16, 8, 4, 2], [16, 8, 4, 2])
+    assert channels == list(CHANNELS[name[-4:]][1:5])
 
 
 def test_input_scale_and_stem_arguments() -> None:
-    fixed = create_model("espnetv2_s0_5", num_classes=10)
-    observed = create_model("espnetv2_s0_5", num_classes=10, input_scale=None)
-    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
-    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
-    with pytest.raises(ValueError):
-        create_model("espnetv2_s0_5", stem="tiny")
+    assert_input_scale_and_stem_arguments("espnetv2_s0_5")
 
 
 def test_downsampler_needs_the_pooled_image() -> None:

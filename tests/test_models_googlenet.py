@@ -10,11 +10,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torchvision
-from contract import assert_int8_contract
+from contract import (
+    assert_input_scale_and_stem_arguments,
+    assert_int8_contract,
+    assert_logits_at_224,
+    stem_feature_sizes,
+)
 
 from qat.models import create_model
 from qat.nn.blocks.googlenet import Inception
-from qat.nn.stubs import QuantStub
 from qat.quant import verify_model
 
 
@@ -68,33 +72,17 @@ def test_inception_output_channels() -> None:
 
 
 def test_classification_shape_224() -> None:
-    model = create_model("googlenet").eval()
-    with torch.no_grad():
-        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+    assert_logits_at_224("googlenet")
 
 
 def test_cifar_stem_changes_strides_only() -> None:
     """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
-    imagenet = create_model("googlenet", num_classes=10, include_top=False).eval()
-    cifar = create_model("googlenet", num_classes=10, include_top=False, stem="cifar").eval()
-    assert _count(imagenet) == _count(cifar)
-    with torch.no_grad():
-        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
-        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
-        logits = create_model("googlenet", num_classes=10, stem="cifar").eval()(torch.rand(2, 3, 32, 32))
-    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
-    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
-    assert [f.shape[1] for f in small] == cifar.feature_channels == [192, 480, 832, 1024]
-    assert logits.shape == (2, 10)
+    big, small, channels = stem_feature_sizes("googlenet")
+    assert (big, small, channels) == ([16, 8, 4, 2], [32, 16, 8, 4], [192, 480, 832, 1024])
 
 
 def test_input_scale_and_stem_arguments() -> None:
-    fixed = create_model("googlenet", num_classes=10)
-    observed = create_model("googlenet", num_classes=10, input_scale=None)
-    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
-    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
-    with pytest.raises(ValueError):
-        create_model("googlenet", stem="tiny")
+    assert_input_scale_and_stem_arguments("googlenet")
 
 
 def test_features_verify_int8() -> None:

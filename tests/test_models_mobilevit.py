@@ -9,7 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from contract import assert_int8_contract
+from contract import (
+    assert_input_scale_and_stem_arguments,
+    assert_int8_contract,
+    assert_logits_at_224,
+    stem_feature_sizes,
+)
 from torch import Tensor, nn
 
 from qat.models import create_model
@@ -75,39 +80,19 @@ def test_params_vs_timm_and_paper(name: str) -> None:
 
 
 def test_imagenet_logits_at_224() -> None:
-    """224 input: the last MobileViT block sees 7x7 and resizes to 8x8 and back (as timm)."""
-    model = create_model("mobilevit_xxs").eval()
-    with torch.no_grad():
-        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+    assert_logits_at_224("mobilevit_xxs")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_cifar_stem_changes_strides_only(name: str) -> None:
     """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
-    imagenet = create_model(name, num_classes=10, include_top=False).eval()
-    cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
-    assert _count(imagenet) == _count(cifar)
-    with torch.no_grad():
-        big = imagenet(torch.rand(1, 3, 64, 64) * 2 - 1)
-        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
-    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
-    assert (
-        [f.shape[1] for f in small]
-        == cifar.feature_channels
-        == list(MOBILEVIT_CONFIGS[name.removeprefix("mobilevit_")][1][1:])
-    )
-    with torch.no_grad():
-        assert create_model(name, num_classes=10, stem="cifar").eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    big, small, channels = stem_feature_sizes(name)
+    assert (big, small) == ([16, 8, 4, 2], [32, 16, 8, 4])
+    assert channels == list(MOBILEVIT_CONFIGS[name.removeprefix("mobilevit_")][1][1:])
 
 
 def test_input_scale_and_stem_arguments() -> None:
-    fixed = create_model("mobilevit_xxs", num_classes=10)
-    observed = create_model("mobilevit_xxs", num_classes=10, input_scale=None)
-    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
-    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
-    with pytest.raises(ValueError):
-        create_model("mobilevit_xxs", stem="tiny")
+    assert_input_scale_and_stem_arguments("mobilevit_xxs")
 
 
 def test_unfold_order_and_fold_inverse() -> None:

@@ -9,14 +9,18 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from contract import assert_int8_contract
+from contract import (
+    assert_input_scale_and_stem_arguments,
+    assert_int8_contract,
+    assert_logits_at_224,
+    stem_feature_sizes,
+)
 from torch import Tensor, nn
 
 import qat.nn as qnn
 from qat.models import create_model
 from qat.models.resnest import ResNeSt
 from qat.nn.blocks.resnest import ResNeStBottleneck, SplitAttention
-from qat.nn.stubs import QuantStub
 from qat.quant import verify_model
 
 # Official ResNeSt (zhanghang1989/ResNeSt, PyTorch) = timm's resnest{14,26,50}d; paper: 27.5M for ResNeSt-50.
@@ -48,30 +52,17 @@ def test_other_depths_equal_reference(layers: tuple[int, ...]) -> None:
 
 
 def test_logits_at_224() -> None:
-    model = create_model("resnest50").eval()
-    with torch.no_grad():
-        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+    assert_logits_at_224("resnest50")
 
 
 def test_feature_shapes_and_cifar_stem() -> None:
     """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
-    imagenet = create_model("resnest50", num_classes=10, include_top=False).eval()
-    cifar = create_model("resnest50", num_classes=10, include_top=False, stem="cifar").eval()
-    with torch.no_grad():
-        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
-        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
-    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
-    assert [f.shape[1] for f in small] == [256, 512, 1024, 2048] == cifar.feature_channels
+    big, small, channels = stem_feature_sizes("resnest50")
+    assert (big, small, channels) == ([16, 8, 4, 2], [32, 16, 8, 4], [256, 512, 1024, 2048])
 
 
 def test_input_scale_and_stem_arguments() -> None:
-    fixed = create_model("resnest50", num_classes=10)
-    observed = create_model("resnest50", num_classes=10, input_scale=None)
-    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
-    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
-    with pytest.raises(ValueError):
-        create_model("resnest50", stem="tiny")
+    assert_input_scale_and_stem_arguments("resnest50")
 
 
 def _splat_formula(m: SplitAttention, x: Tensor) -> Tensor:

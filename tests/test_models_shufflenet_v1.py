@@ -9,14 +9,18 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from contract import assert_int8_contract
+from contract import (
+    assert_input_scale_and_stem_arguments,
+    assert_int8_contract,
+    assert_logits_at_224,
+    stem_feature_sizes,
+)
 
 from qat.models import create_model
 from qat.models.shufflenet_v1 import STAGE_CHANNELS, ShuffleNetV1
 from qat.nn.blocks.shufflenet import channel_shuffle
 from qat.nn.blocks.shufflenet_v1 import ShuffleV1Block
 from qat.nn.functional import AddReLU, Cat
-from qat.nn.stubs import QuantStub
 from qat.quant import verify_model
 
 MODELS = ["shufflenet_v1_g3_x0_5", "shufflenet_v1_g3_x1_0", "shufflenet_v1_g8_x1_0"]
@@ -98,34 +102,18 @@ def test_unit_rejects_bad_channels() -> None:
 
 
 def test_classification_shape_224() -> None:
-    model = create_model("shufflenet_v1_g3_x0_5").eval()
-    with torch.no_grad():
-        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+    assert_logits_at_224("shufflenet_v1_g3_x0_5")
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_cifar_stem_changes_strides_only(name: str) -> None:
     """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
-    imagenet = create_model(name, num_classes=10, include_top=False).eval()
-    cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
-    assert _count(imagenet) == _count(cifar)
-    with torch.no_grad():
-        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
-        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
-        logits = create_model(name, num_classes=10, stem="cifar").eval()(torch.rand(2, 3, 32, 32))
-    assert [f.shape[-1] for f in big] == [16, 8, 4, 2]
-    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
-    assert [f.shape[1] for f in small] == cifar.feature_channels
-    assert logits.shape == (2, 10)
+    big, small, _ = stem_feature_sizes(name)
+    assert (big, small) == ([16, 8, 4, 2], [32, 16, 8, 4])
 
 
 def test_input_scale_and_stem_arguments() -> None:
-    fixed = create_model("shufflenet_v1_g3_x0_5", num_classes=10)
-    observed = create_model("shufflenet_v1_g3_x0_5", num_classes=10, input_scale=None)
-    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
-    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
-    with pytest.raises(ValueError):
-        create_model("shufflenet_v1_g3_x0_5", stem="tiny")
+    assert_input_scale_and_stem_arguments("shufflenet_v1_g3_x0_5")
 
 
 def test_features_verify_int8() -> None:

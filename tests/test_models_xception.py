@@ -9,13 +9,17 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from contract import assert_int8_contract
+from contract import (
+    assert_input_scale_and_stem_arguments,
+    assert_int8_contract,
+    assert_logits_at_224,
+    stem_feature_sizes,
+)
 from torch import nn
 
 from qat.models import create_model
 from qat.models.xception import STAGE_CHANNELS
 from qat.nn.blocks.xception import XceptionBlock
-from qat.nn.stubs import QuantStub
 from qat.quant import verify_model
 from qat.quant.fuse import collect_patterns
 
@@ -45,30 +49,17 @@ def test_params_equal_reference() -> None:
 
 
 def test_logits_at_224() -> None:
-    model = create_model("xception").eval()
-    with torch.no_grad():
-        assert model(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+    assert_logits_at_224("xception")
 
 
 def test_feature_shapes_and_cifar_stem() -> None:
     """Strides 4, 8, 16, 32 (the unpadded stem trims a pixel at 64×64), with the CIFAR stem 1, 2, 4, 8."""
-    imagenet = create_model("xception", num_classes=10, include_top=False).eval()
-    cifar = create_model("xception", num_classes=10, include_top=False, stem="cifar").eval()
-    with torch.no_grad():
-        big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
-        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert [f.shape[-1] for f in big] == [15, 8, 4, 2]
-    assert [f.shape[-1] for f in small] == [32, 16, 8, 4]
-    assert [f.shape[1] for f in small] == list(STAGE_CHANNELS) == cifar.feature_channels
+    big, small, channels = stem_feature_sizes("xception")
+    assert (big, small, channels) == ([15, 8, 4, 2], [32, 16, 8, 4], list(STAGE_CHANNELS))
 
 
 def test_input_scale_and_stem_arguments() -> None:
-    fixed = create_model("xception", num_classes=10)
-    observed = create_model("xception", num_classes=10, input_scale=None)
-    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
-    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
-    with pytest.raises(ValueError):
-        create_model("xception", stem="tiny")
+    assert_input_scale_and_stem_arguments("xception")
 
 
 def test_every_relu_fuses_or_opens_a_block() -> None:
