@@ -9,6 +9,8 @@ in 2.3 M, one grid step each. At the output of a deep random-init net one such f
 
 from __future__ import annotations
 
+from torch import nn
+
 from qat.quant.verify import VerifyResult
 
 OP_MISMATCH_FRACTION = 1e-4
@@ -23,6 +25,10 @@ def assert_int8_contract(r: VerifyResult, min_compared: int = 10_000, output_rel
     assert r.ops["mismatched"] <= OP_MISMATCH_FRACTION * r.ops["compared"], r.ops
     assert r.ops["worst_steps"] <= 1.0 + 1e-3, r.ops
     assert r.agreement["rel_l2"] <= output_rel_l2, r.agreement
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def assert_input_scale_and_stem_arguments(name: str) -> None:
@@ -62,8 +68,7 @@ def stem_feature_sizes(name: str) -> tuple[list[int], list[int], list[int]]:
 
     imagenet = create_model(name, num_classes=10, include_top=False).eval()
     cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
-    count = sum(p.numel() for p in imagenet.parameters())
-    assert count == sum(p.numel() for p in cifar.parameters())
+    assert param_count(imagenet) == param_count(cifar)
     with torch.no_grad():
         big = imagenet(torch.rand(1, 3, 64, 64) * 2 - 1)
         small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)

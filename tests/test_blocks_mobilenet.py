@@ -20,13 +20,7 @@ from qat.quant.backend import nnq
 BLOCK_BOUND = 0.01  # measured 0.0 on every block below
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: one intra-op thread is ~10x faster here than oversubscribed threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Wrap(nn.Module):

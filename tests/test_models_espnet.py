@@ -5,14 +5,13 @@ The full-size int8 contract of the registered models runs in tests/test_models.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from contract import (
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
+    param_count,
     stem_feature_sizes,
 )
 from torch import nn
@@ -36,26 +35,16 @@ REFERENCE = {
 NAMES = ["espnetv2_s0_5", "espnetv2_s1_0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The test machine's cores are shared: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("scale", list(REFERENCE))
 def test_params_vs_reference(scale: str) -> None:
     ours, reference, never_called, readme = REFERENCE[scale]
-    assert _count(ESPNetV2(CHANNELS[scale])) == ours == reference - never_called
+    assert param_count(ESPNetV2(CHANNELS[scale])) == ours == reference - never_called
     assert abs(ours / readme - 1) <= 0.005
     if f"espnetv2_{scale}" in NAMES:
-        assert _count(create_model(f"espnetv2_{scale}")) == ours
+        assert param_count(create_model(f"espnetv2_{scale}")) == ours
 
 
 def test_eesp_dilations_follow_receptive_limits() -> None:

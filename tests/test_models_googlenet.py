@@ -5,8 +5,6 @@ The full-size int8 contract runs for every registered model in tests/test_models
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torchvision
@@ -14,6 +12,7 @@ from contract import (
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
+    param_count,
     stem_feature_sizes,
 )
 
@@ -21,18 +20,7 @@ from qat.models import create_model
 from qat.nn.blocks.googlenet import Inception
 from qat.quant import verify_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The test machine's cores are shared: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _torchvision() -> torch.nn.Module:
@@ -41,7 +29,7 @@ def _torchvision() -> torch.nn.Module:
 
 def test_params_equal_torchvision() -> None:
     ours, ref = create_model("googlenet"), _torchvision()
-    assert _count(ours) == _count(ref) == 6_624_904
+    assert param_count(ours) == param_count(ref) == 6_624_904
     assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
     ref_bn = [m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     our_bn = [m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -61,13 +61,7 @@ OURS = [
 BIG = {"mobilenet_v4_hybrid_medium", *(f"efficientnet_b{i}" for i in range(8))}  # build + one forward only
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: one intra-op thread is ~10x faster here than oversubscribed threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(model: nn.Module) -> int:

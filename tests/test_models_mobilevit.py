@@ -5,14 +5,13 @@ The full-size int8 contract runs for every registered model in tests/test_models
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from contract import (
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
+    param_count,
     stem_feature_sizes,
 )
 from torch import Tensor, nn
@@ -32,17 +31,7 @@ REFERENCE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The test machine's cores are shared: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference_count(expansion: float, channels: tuple[int, ...], dims: tuple[int, ...], head: int) -> int:
@@ -73,7 +62,7 @@ def _reference_count(expansion: float, channels: tuple[int, ...], dims: tuple[in
 @pytest.mark.parametrize("name", NAMES)
 def test_params_vs_timm_and_paper(name: str) -> None:
     ours, timm_m, paper_m = REFERENCE[name]
-    assert _count(create_model(name)) == ours
+    assert param_count(create_model(name)) == ours
     assert _reference_count(*MOBILEVIT_CONFIGS[name.removeprefix("mobilevit_")]) == ours
     assert abs(ours / 1e6 - timm_m) <= 0.005  # equal at timm's precision
     assert abs(ours / 1e6 - paper_m) <= 0.05  # equal at the paper's precision

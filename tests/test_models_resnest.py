@@ -5,14 +5,13 @@ The full int8 contract (float/QAT/int8 at 32×32) runs for ``resnest50`` in test
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from contract import (
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
+    param_count,
     stem_feature_sizes,
 )
 from torch import Tensor, nn
@@ -27,28 +26,18 @@ from qat.quant import verify_model
 REFERENCE_PARAMS = {(1, 1, 1, 1): 10_611_688, (2, 2, 2, 2): 17_069_448, (3, 4, 6, 3): 27_483_240}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The test machine's cores are shared: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_resnest50_params_equal_reference() -> None:
-    assert _count(create_model("resnest50")) == REFERENCE_PARAMS[(3, 4, 6, 3)]
-    assert _count(create_model("resnest50", stem="cifar")) == REFERENCE_PARAMS[(3, 4, 6, 3)]
+    assert param_count(create_model("resnest50")) == REFERENCE_PARAMS[(3, 4, 6, 3)]
+    assert param_count(create_model("resnest50", stem="cifar")) == REFERENCE_PARAMS[(3, 4, 6, 3)]
     assert abs(REFERENCE_PARAMS[(3, 4, 6, 3)] / 27.5e6 - 1) < 0.001
 
 
 @pytest.mark.parametrize("layers", [(1, 1, 1, 1), (2, 2, 2, 2)], ids=["resnest14", "resnest26"])
 def test_other_depths_equal_reference(layers: tuple[int, ...]) -> None:
-    assert _count(ResNeSt(layers)) == REFERENCE_PARAMS[layers]
+    assert param_count(ResNeSt(layers)) == REFERENCE_PARAMS[layers]
 
 
 def test_logits_at_224() -> None:

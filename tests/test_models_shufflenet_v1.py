@@ -5,14 +5,13 @@ The full-size int8 contract runs for every registered model in tests/test_models
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from contract import (
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
+    param_count,
     stem_feature_sizes,
 )
 
@@ -39,31 +38,21 @@ OFFICIAL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The test machine's cores are shared: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("key", list(OFFICIAL), ids=[f"g{g}_{w}" for g, w in OFFICIAL])
 def test_params_equal_official_code(key: tuple[int, str]) -> None:
     """Equal to the official code's count; the README's 0.1M rounding is the only gap to its table."""
     ours, readme = OFFICIAL[key]
-    assert _count(ShuffleNetV1(STAGE_CHANNELS[key], key[0])) == ours
+    assert param_count(ShuffleNetV1(STAGE_CHANNELS[key], key[0])) == ours
     assert abs(ours - readme) <= 0.05e6
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_registered_params(name: str) -> None:
     groups, width = int(name.split("_")[2][1:]), name.split("_", 3)[3]
-    assert _count(create_model(name)) == OFFICIAL[(groups, width)][0]
+    assert param_count(create_model(name)) == OFFICIAL[(groups, width)][0]
 
 
 def test_unit_layout() -> None:

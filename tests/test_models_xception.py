@@ -5,14 +5,13 @@ The full int8 contract (float/QAT/int8 at 32×32) runs for ``xception`` in tests
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from contract import (
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
+    param_count,
     stem_feature_sizes,
 )
 from torch import nn
@@ -27,25 +26,15 @@ from qat.quant.fuse import collect_patterns
 REFERENCE_PARAMS = 22_855_952
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The test machine's cores are shared: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_params_equal_reference() -> None:
     model = create_model("xception")
-    assert _count(model) == REFERENCE_PARAMS
-    assert _count(create_model("xception", stem="cifar")) == REFERENCE_PARAMS
+    assert param_count(model) == REFERENCE_PARAMS
+    assert param_count(create_model("xception", stem="cifar")) == REFERENCE_PARAMS
     # the classifier is the only class-dependent part: 2048 x 1000 weights + 1000 biases
-    assert REFERENCE_PARAMS - _count(create_model("xception", include_top=False)) == 2048 * 1000 + 1000
+    assert REFERENCE_PARAMS - param_count(create_model("xception", include_top=False)) == 2048 * 1000 + 1000
 
 
 def test_logits_at_224() -> None:

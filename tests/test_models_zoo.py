@@ -5,12 +5,10 @@ The full-size int8 contract runs for every registered model in tests/test_models
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torchvision
-from contract import assert_int8_contract
+from contract import assert_int8_contract, param_count
 
 from qat.models import create_model
 from qat.models.ghostnet import GhostNet
@@ -44,27 +42,17 @@ PAPER = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The test machine's cores are shared: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("width", list(STAGE_CHANNELS))
 def test_shufflenet_params_equal_torchvision(width: str) -> None:
     ours = ShuffleNetV2(STAGE_CHANNELS[width])
     ref = getattr(torchvision.models, f"shufflenet_v2_{width}")()
-    assert _count(ours) == _count(ref)
+    assert param_count(ours) == param_count(ref)
     assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
     if width in ("x0_5", "x1_0"):
-        assert _count(create_model(f"shufflenet_v2_{width}")) == _count(ref)
+        assert param_count(create_model(f"shufflenet_v2_{width}")) == param_count(ref)
 
 
 def test_shufflenet_matches_torchvision_with_its_weights() -> None:
@@ -90,7 +78,7 @@ def test_shufflenet_matches_torchvision_with_its_weights() -> None:
 def test_params_vs_paper(name: str) -> None:
     ours, paper, tolerance = PAPER[name]
     model = create_model(name, include_top=name != "litehrnet_18")
-    assert _count(model) == ours
+    assert param_count(model) == ours
     assert abs(ours / paper - 1) <= tolerance
 
 
@@ -107,7 +95,7 @@ def test_params_vs_paper(name: str) -> None:
     ids=["ghostnet_0.5", "ghostnet_1.3", "lcnet_0.25", "lcnet_0.5", "lcnet_2.5", "litehrnet_30"],
 )
 def test_other_widths_vs_paper(build, ours: int, paper: float) -> None:
-    assert _count(build()) == ours
+    assert param_count(build()) == ours
     assert abs(ours / paper - 1) <= 0.025
 
 
@@ -116,7 +104,7 @@ def test_cifar_stem_changes_strides_only(name: str) -> None:
     """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
     imagenet = create_model(name, num_classes=10, include_top=False).eval()
     cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
-    assert _count(imagenet) == _count(cifar)
+    assert param_count(imagenet) == param_count(cifar)
     with torch.no_grad():
         big = imagenet(torch.rand(2, 3, 64, 64) * 2 - 1)
         small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)

@@ -1,11 +1,12 @@
 """A faster per-tensor fake-quant for activations, bit-identical to torch's.
 
 torch's ``fake_quantize_per_tensor_affine`` kernel runs at ~3 ns per element here and its
-backward converts the saved mask on every call; on HENet's many small activations the forward
-and backward took ~40 % of a QAT step. The same arithmetic as plain vectorised tensor ops --
-``round(x · (1/scale)) + zero_point``, clamp, ``(q − zero_point) · scale``, gradient passed where
-``q`` is inside the grid -- measured 2.4× faster forward + backward, with identical outputs
-(asserted in the tests) and so the same int8 model after ``convert``.
+backward converts the saved mask on every call; in a torch.profiler trace of a HENet QAT step
+the activation fake-quants were the largest cost after the convolutions. The same arithmetic as
+plain vectorised tensor ops -- ``round(x · (1/scale)) + zero_point``, clamp,
+``(q − zero_point) · scale``, gradient passed where ``q`` is inside the grid -- gives identical
+outputs and gradients (asserted in the tests), so the same int8 model after ``convert``, and is
+faster (``bench/fake_quant.py``: 1.9× forward, 1.45× forward + backward on a 64×128×8×8 tensor).
 """
 
 from __future__ import annotations
