@@ -58,18 +58,18 @@ def test_registered_params(name: str) -> None:
 def test_unit_layout() -> None:
     """Dense first 1×1 only in stage 2's first unit; stride 2 concatenates, stride 1 adds (+ReLU, fused)."""
     model = create_model("shufflenet_v1_g3_x1_0")
-    first = model.stage2[0]
+    first = model.stages[1][0]
     assert first.conv1.conv.groups == 1 and first.conv1.conv.in_channels == 24
     assert first.conv2.conv.out_channels == 240 - 24 and isinstance(first.cat, Cat)
     assert isinstance(first.conv2.act, torch.nn.ReLU)
-    for stage in (model.stage2, model.stage3, model.stage4):
+    for stage in model.stages[1:]:
         for i, unit in enumerate(stage):
             assert unit.conv2.conv.groups == 3 and unit.dwconv.conv.groups == unit.dwconv.conv.in_channels
             assert unit.dwconv.conv.in_channels == unit.conv2.conv.in_channels
             if i:
                 assert isinstance(unit.add_relu, AddReLU) and isinstance(unit.conv2.act, torch.nn.Identity)
-    assert model.stage3[0].conv1.conv.groups == 3
-    assert model.fc.bias is None
+    assert model.stages[2][0].conv1.conv.groups == 3
+    assert model.classifier[1].bias is None
 
 
 def test_unit_stride2_equals_relu_of_concat() -> None:

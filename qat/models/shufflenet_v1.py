@@ -21,14 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from qat.models.mobilenet import check_stem, init_weights
+from qat.models.mobilenet import StagedClassifier, check_stem, init_weights
 from qat.models.registry import register_model
 from qat.nn.blocks.shufflenet_v1 import ShuffleV1Block
 from qat.nn.conv import ConvModule2d
-from qat.nn.stubs import DeQuantStub, QuantStub
 
 __all__ = [
     "STAGE_CHANNELS",
@@ -52,12 +50,13 @@ STAGE_CHANNELS: dict[tuple[int, str], tuple[int, int, int, int]] = {
 }
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(StagedClassifier):
     """ShuffleNetV1 with ``stage_channels = (stem, stage2, stage3, stage4)`` and ``groups``.
 
-    The first unit of stage 2 has a dense first 1×1 conv (the paper: its input is too narrow to
-    group). Every other ``STAGE_CHANNELS`` entry builds too, e.g. g=3 2.0× at 5,449,776 parameters
-    (official README: 5.4M).
+    The stem (conv1 + max-pool) is the first of the four stages, so ``include_top=False`` returns
+    its output too. The first unit of stage 2 has a dense first 1×1 conv (the paper: its input is
+    too narrow to group). Every other ``STAGE_CHANNELS`` entry builds too, e.g. g=3 2.0× at
+    5,449,776 parameters (official README: 5.4M).
     """
 
     def __init__(
@@ -70,43 +69,29 @@ class ShuffleNetV1(nn.Module):
         input_scale: float | None = 1 / 128,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
         cifar = check_stem(stem)
         if len(stage_channels) != 4:
             raise ValueError("stage_channels needs 4 entries: stem, stage2, stage3, stage4")
-        self.quant = QuantStub(scale=input_scale)
         c = stage_channels[0]
-        self.conv1 = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu")
-        self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1)
-        stages = []
+        stages = [
+            nn.Sequential(
+                ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu"),
+                nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1),
+            )
+        ]
         for i, (repeats, out) in enumerate(zip(_REPEATS, stage_channels[1:])):
             blocks = [ShuffleV1Block(c, out, 2, groups, first_grouped=i > 0)]
             blocks += [ShuffleV1Block(out, out, 1, groups) for _ in range(repeats - 1)]
             stages.append(nn.Sequential(*blocks))
             c = out
-        self.stage2, self.stage3, self.stage4 = stages
-        self.include_top = include_top
+        head = classifier = None
         if include_top:
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.dropout = nn.Dropout(dropout)
-            self.fc = nn.Linear(c, num_classes, bias=False)
-            self.dequant = DeQuantStub()
-        else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in range(4))
-        self.feature_channels = list(stage_channels)
+            head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes, bias=False))
+        super().__init__(nn.Identity(), stages, stage_channels, head, classifier, input_scale)
         init_weights(self, linear=None)
         if include_top:
-            nn.init.normal_(self.fc.weight, 0, 0.01)
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        x = self.maxpool(self.conv1(self.quant(x)))
-        if self.include_top:
-            x = self.stage4(self.stage3(self.stage2(x)))
-            return self.dequant(self.fc(self.dropout(torch.flatten(self.pool(x), 1))))
-        features = [x]
-        for stage in (self.stage2, self.stage3, self.stage4):
-            features.append(stage(features[-1]))
-        return [dq(f) for dq, f in zip(self.dequants, features)]
+            nn.init.normal_(self.classifier[1].weight, 0, 0.01)
 
 
 @register_model
