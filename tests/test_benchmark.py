@@ -1,6 +1,10 @@
-"""Latency measurement helpers (qat.pipeline.benchmark)."""
+"""Latency measurement helpers (qat.pipeline.benchmark) and the bench/ scripts."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,3 +33,28 @@ def test_fold_batchnorm_keeps_outputs() -> None:
     folded = fold_batchnorm(model)
     assert isinstance(folded[1], nn.Identity)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "needle"),
+    [
+        (
+            "fake_quant.py",
+            ["--shape", "2x3x4x4", "--weight-shape", "4x3x1x1", "--runs", "1", "--rounds", "1"],
+            "weight 4x3x1x1, per-channel",
+        ),
+        (
+            "step_time.py",
+            ["--model", "tiny_convnet", "--batch", "4", "--steps", "1", "--rounds", "1"],
+            "qat default (BN folded",
+        ),
+    ],
+)
+def test_bench_scripts_run(script: str, args: list[str], needle: str) -> None:
+    """The bench/ scripts BENCHMARKS.md quotes still run (tiny sizes; the figures come from full runs)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / script), *args], capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert needle in out.stdout

@@ -273,3 +273,51 @@ def test_fast_per_tensor_fake_quant_equals_torch(seed: int) -> None:
     (g_ref,) = torch.autograd.grad(ref, x, grad)
     (g_ours,) = torch.autograd.grad(ours, x, grad)
     assert torch.equal(g_ours, g_ref)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_per_channel_fake_quant_equals_torch(seed: int) -> None:
+    """Per-channel weights (7-bit and 8-bit grids): torch's values, ties and gradient exactly."""
+    from qat.quant.fakequant import fake_quantize_per_channel
+
+    g = torch.Generator().manual_seed(seed)
+    qmin, qmax = (-64, 63) if seed % 2 else (-128, 127)
+    w = torch.randn(16, 8, 3, 3, generator=g) * (torch.rand(16, 1, 1, 1, generator=g) + 0.1)
+    scale = w.abs().flatten(1).amax(1) / ((qmax - qmin) / 2)
+    zero_point = torch.zeros(16, dtype=torch.int32)
+    w[:, 0, 0, 0] = scale * (torch.arange(16) % 7 - 3 + 0.5)  # exact half-way points
+    w[0, 1, 0, 0] = scale[0] * qmax + scale[0] / 2  # rounds out of the grid: clamped, no gradient
+    w.requires_grad_(True)
+    ref = torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, qmin, qmax)
+    ours = fake_quantize_per_channel(w, scale, zero_point, 0, qmin, qmax)
+    assert torch.equal(ours, ref)
+    grad = torch.randn_like(w)
+    (g_ref,) = torch.autograd.grad(ref, w, grad)
+    (g_ours,) = torch.autograd.grad(ours, w, grad)
+    assert torch.equal(g_ours, g_ref)
+    assert g_ours[0, 1, 0, 0] == 0
+
+
+def test_qat_uses_fast_fake_quant_for_weights_and_activations() -> None:
+    """The presets' weight and activation fake-quants take the fast path (same torch.ao state)."""
+    from qat.quant.fakequant import FastFakeQuantize
+
+    qconfig = get_qconfig("x86")
+    assert isinstance(qconfig.weight()(), FastFakeQuantize) and isinstance(qconfig.activation()(), FastFakeQuantize)
+
+
+@pytest.mark.parametrize("ch_axis", [0, 1])
+def test_weight_observer_tracks_current_per_channel_range(ch_axis: int) -> None:
+    """Per-channel min/max of the latest weights (no stale extremes), qparams as torch computes them."""
+    from qat.quant.backend import MovingAveragePerChannelMinMaxObserver
+    from qat.quant.observers import CurrentPerChannelMinMaxObserver
+
+    kwargs = {"ch_axis": ch_axis, "dtype": torch.qint8, "qscheme": torch.per_channel_symmetric}
+    ours, ref = CurrentPerChannelMinMaxObserver(**kwargs), MovingAveragePerChannelMinMaxObserver(**kwargs)
+    w = torch.randn(6, 5, 3, 3)
+    ours(w), ref(w)
+    for a, b in zip(ours.calculate_qparams(), ref.calculate_qparams(), strict=True):
+        assert torch.equal(a, b)
+    ours(w * 0.5)
+    dims = [d for d in range(4) if d != ch_axis]
+    assert torch.equal(ours.max_val, (w * 0.5).amax(dim=dims)) and torch.equal(ours.min_val, (w * 0.5).amin(dim=dims))

@@ -39,17 +39,15 @@ from typing import Any
 import torch
 
 from qat.quant.backend import (
-    FakeQuantize,
     FixedQParamsFakeQuantize,
     FixedQParamsObserver,
     HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
-    MovingAveragePerChannelMinMaxObserver,
     QConfig,
 )
-from qat.quant.fakequant import PerTensorFakeQuantize
-from qat.quant.observers import MSEObserver, PercentileObserver
+from qat.quant.fakequant import FastFakeQuantize
+from qat.quant.observers import CurrentPerChannelMinMaxObserver, MSEObserver, PercentileObserver
 
 __all__ = ["ACTIVATION_OBSERVERS", "TARGETS", "QuantConfig", "get_qconfig"]
 
@@ -90,13 +88,13 @@ class QuantConfig:
             "mse": MSEObserver,
             "histogram": HistogramObserver,
         }[self.activation_observer]
-        return PerTensorFakeQuantize.with_args(observer=observer, **common)
+        return FastFakeQuantize.with_args(observer=observer, **common)
 
     def weight(self):
         """Per-channel symmetric weight fake-quant tracking the current weights (not a stale min/max)."""
         q = self.weight_quant_max
-        return FakeQuantize.with_args(
-            observer=MovingAveragePerChannelMinMaxObserver.with_args(averaging_constant=1.0),
+        return FastFakeQuantize.with_args(
+            observer=CurrentPerChannelMinMaxObserver,
             eps=_EPS,
             quant_min=-q - 1 if q == 127 else -q,
             quant_max=q,
