@@ -90,3 +90,12 @@ def test_in_memory_small_augment_shifts_and_imagenet_is_refused(jpeg_folder) -> 
     assert any(moved) and float(train[0][0].min()) >= -1.0
     with pytest.raises(DataError, match="in_memory=false"):
         ImageFolderDataModule(augment="imagenet", **kwargs).setup()
+
+
+def test_in_memory_refuses_what_does_not_fit(jpeg_folder) -> None:
+    """Images too large for half the RAM stop with the size and the fix, before any decoding."""
+    from qat.pipeline.data import ImageFolderDataModule
+
+    dm = ImageFolderDataModule(root=str(jpeg_folder), num_classes=2, image_size=200_000, augment="none", in_memory=True)
+    with pytest.raises(DataError, match="data.in_memory=false"):
+        dm.setup()

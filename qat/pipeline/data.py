@@ -304,6 +304,19 @@ def _tensor_transforms(image_size: int, augment: str) -> tuple[Callable, Callabl
     return Compose(eval_tf, RandomShift(max(1, image_size // 8), fill=-1.0), RandomFlip()), eval_tf
 
 
+def _check_fits_in_memory(num_images: int, image_size: int) -> None:
+    """Refuse ``in_memory`` when the decoded images would take more than half of the machine's RAM."""
+    import os
+
+    need = num_images * 3 * image_size * image_size
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > total // 2:
+        raise DataError(
+            f"data.in_memory=true would hold {num_images} images of {image_size} px in {need / 2**30:.1f} GiB, "
+            f"more than half of this machine's {total / 2**30:.1f} GiB: set data.in_memory=false"
+        )
+
+
 def decode_image_folder(folder: Any, image_size: int, desc: str = "decoding") -> tuple[Tensor, Tensor]:
     """Every image of a torchvision ``ImageFolder`` resized and centre-cropped to ``image_size`` (as the
     eval transforms do), as one uint8 ``[N, 3, S, S]`` tensor, plus the labels. A progress bar shows it."""
@@ -431,10 +444,10 @@ class ImageFolderDataModule(ClassificationDataModule):
         self._check_num_classes(train_classes, str(train_dir))
         if self.in_memory:
             train_tf, eval_tf = _tensor_transforms(self.image_size, self.augment)
-            train_x, train_y = decode_image_folder(
-                ImageFolder(str(train_dir)), self.image_size, f"decoding {train_dir}"
-            )
-            eval_x, eval_y = decode_image_folder(ImageFolder(str(eval_dir)), self.image_size, f"decoding {eval_dir}")
+            train_folder, eval_folder = ImageFolder(str(train_dir)), ImageFolder(str(eval_dir))
+            _check_fits_in_memory(len(train_folder) + len(eval_folder), self.image_size)
+            train_x, train_y = decode_image_folder(train_folder, self.image_size, f"decoding {train_dir}")
+            eval_x, eval_y = decode_image_folder(eval_folder, self.image_size, f"decoding {eval_dir}")
             return (
                 TensorImageDataset(train_x, train_y, train_tf),
                 TensorImageDataset(eval_x, eval_y, eval_tf),
