@@ -3,23 +3,30 @@
     python bench/latency.py                      # henet_tinym, mobilenet_v2, mobilenet_v3_large
     python bench/latency.py --models resnet18 --threads 2 --runs 20
     python bench/latency.py --threads 1 --clock cpu   # CPU time: robust on a busy machine
+    python bench/latency.py --channels-last           # also fp32 in channels-last (often faster)
 
 For each model and input shape (default 1x3x224x224 and 32x3x32x32) the fp32 model with every
 conv+BN folded (the fair baseline: int8 has BN folded too) and the int8 model are timed in
 interleaved rounds; each reports the best round's median. The int8 model is calibrated on the
-example input only: right layers and kernels, not meaningful accuracy.
+example input only: right layers and kernels, not meaningful accuracy. The first line printed
+names the CPU and whether it has VNNI, which bounds int8 speed-ups (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 
 import torch
 
 from qat.models import create_model
-from qat.pipeline.benchmark import compare_latency, fold_batchnorm, quantize_for_timing
+from qat.pipeline.benchmark import (
+    channels_last,
+    compare_latency,
+    cpu_description,
+    fold_batchnorm,
+    quantize_for_timing,
+)
 
 DEFAULT_MODELS = ("henet_tinym", "mobilenet_v2", "mobilenet_v3_large")
 
@@ -37,6 +44,8 @@ def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argpar
         x = torch.rand(*shape) * 2 - 1
         int8 = quantize_for_timing(model, x, args.target)
         models = {"fp32": fold_batchnorm(model), "int8": int8}
+        if args.channels_last:
+            models["fp32_cl"] = channels_last(models["fp32"])
         t = compare_latency(models, x, args.runs, args.warmup, args.threads, args.rounds, args.clock)
         row = {
             "model": name,
@@ -45,12 +54,12 @@ def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argpar
             "int8_ms": 1e3 * t["int8"],
             "speedup": t["fp32"] / t["int8"],
         }
+        line = f"{name:22s} {row['shape']:>12s}  fp32 {row['fp32_ms']:8.2f} ms  int8 {row['int8_ms']:8.2f} ms  {row['speedup']:.2f}x"
+        if args.channels_last:
+            row.update(fp32_cl_ms=1e3 * t["fp32_cl"], speedup_cl=t["fp32_cl"] / t["int8"])
+            line += f"  | fp32 channels-last {row['fp32_cl_ms']:8.2f} ms  {row['speedup_cl']:.2f}x"
         rows.append(row)
-        print(
-            f"{name:22s} {row['shape']:>12s}  fp32 {row['fp32_ms']:8.2f} ms  int8 {row['int8_ms']:8.2f} ms  "
-            f"{row['speedup']:.2f}x",
-            flush=True,
-        )
+        print(line, flush=True)
     return rows
 
 
@@ -63,10 +72,14 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--target", default="x86")
+    p.add_argument(
+        "--channels-last", action="store_true", help="also time fp32 in channels-last layout (often its faster one)"
+    )
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: thread CPU time (needs --threads 1)")
     args = p.parse_args()
+    print(f"# {cpu_description()}, {args.threads} thread(s), {args.clock} clock", flush=True)
     rows = [row for name in args.models for row in bench_model(name, args.shapes, args)]
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
+    machine = {"cpu": cpu_description(), "threads": args.threads, "torch": torch.__version__}
     machine["clock"] = args.clock
     print(json.dumps({"machine": machine, "args": {**vars(args), "shapes": None}, "results": rows}, indent=2))
 

@@ -9,7 +9,8 @@ in 2.3 M, one grid step each. At the output of a deep random-init net one such f
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from qat.quant.verify import VerifyResult
 
@@ -25,6 +26,25 @@ def assert_int8_contract(r: VerifyResult, min_compared: int = 10_000, output_rel
     assert r.ops["mismatched"] <= OP_MISMATCH_FRACTION * r.ops["compared"], r.ops
     assert r.ops["worst_steps"] <= 1.0 + 1e-3, r.ops
     assert r.agreement["rel_l2"] <= output_rel_l2, r.agreement
+
+
+def settle_batchnorm(model: nn.Module, x: Tensor) -> nn.Module:
+    """Give a random-init model's BatchNorms the running statistics of ``x`` (one train pass, momentum 1).
+
+    Fresh statistics (mean 0, var 1, nudged by a pass or two) leave a deep net without a BN in
+    every branch unnormalised in eval mode: ESPNet's random-init logits reach 1e3 and one rounding
+    flip among 10^6 elements moves them by a third. A trained net's statistics match its data;
+    this gives a test net the same.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    with torch.no_grad():
+        model.train()(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model
 
 
 def param_count(model: nn.Module) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from qat.pipeline.benchmark import compare_latency, fold_batchnorm, measure_latency
+from qat.pipeline.benchmark import channels_last, compare_latency, cpu_description, fold_batchnorm, measure_latency
 
 
 def test_cpu_clock_needs_one_thread_and_counts_work() -> None:
@@ -24,6 +24,15 @@ def test_cpu_clock_needs_one_thread_and_counts_work() -> None:
     assert 0 < t["small"] < t["large"]
 
 
+@pytest.mark.parametrize(("flags", "expected"), [("avx2 fma", "no VNNI"), ("avx2 avx512f avx512_vnni", "VNNI")])
+def test_cpu_description_names_the_int8_instructions(tmp_path: Path, flags: str, expected: str) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu {flags}\n")
+    text = cpu_description(info)
+    assert text.endswith(f", {expected})") and torch.backends.cpu.get_cpu_capability() in text
+    assert cpu_description(tmp_path / "missing").endswith("no VNNI)")
+
+
 def test_fold_batchnorm_keeps_outputs() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
@@ -35,6 +44,17 @@ def test_fold_batchnorm_keeps_outputs() -> None:
     torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_channels_last_copy_keeps_outputs_and_the_original() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.rand(2, 3, 16, 16)
+    fast = channels_last(model)
+    assert fast.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[0].weight.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("script", "args", "needle"),
     [
@@ -42,6 +62,11 @@ def test_fold_batchnorm_keeps_outputs() -> None:
             "fake_quant.py",
             ["--shape", "2x3x4x4", "--weight-shape", "4x3x1x1", "--runs", "1", "--rounds", "1"],
             "weight 4x3x1x1, per-channel",
+        ),
+        (
+            "latency.py",
+            ["--models", "tiny_convnet", "--shapes", "2x3x32x32", "--runs", "1", "--rounds", "1", "--channels-last"],
+            "fp32 channels-last",
         ),
         (
             "step_time.py",

@@ -29,6 +29,7 @@ from qat.quant import (
     prepare_qat,
     start_qat,
     unconverted_layers,
+    verify_model,
 )
 from qat.quant.backend import FakeQuantizeBase, FixedQParamsFakeQuantize, MinMaxObserver, nniqat, nnq, nnqat
 from qat.quant.convbn import CONV_BN_QAT
@@ -321,3 +322,18 @@ def test_weight_observer_tracks_current_per_channel_range(ch_axis: int) -> None:
     ours(w * 0.5)
     dims = [d for d in range(4) if d != ch_axis]
     assert torch.equal(ours.max_val, (w * 0.5).amax(dim=dims)) and torch.equal(ours.min_val, (w * 0.5).amin(dim=dims))
+
+
+def test_verify_model_observes_eval_mode_ranges() -> None:
+    """The observing pass runs in eval mode, as calibration does: BN's running statistics, not the batch's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(qnn.QuantStub(), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), qnn.DeQuantStub())
+    with torch.no_grad():
+        model[2].running_var.fill_(1e4)  # eval mode divides by 100: outputs ~100x smaller than in train mode
+    x = torch.rand(4, 3, 8, 8)
+    r = verify_model(model, x, steps=0, bn="fold")
+    with torch.no_grad():
+        eval_out = model.eval()(x)
+    step = next(m for m in r.int8_model.modules() if isinstance(m, nnq.Conv2d)).scale
+    span = float(eval_out.max() - eval_out.min())
+    assert span / step > 100, (span, step)  # the grid fits eval outputs; a train-mode grid would give ~2 steps

@@ -15,7 +15,7 @@ from qat.nn.activations import (
     get_act,
 )
 from qat.nn.blocks import *  # noqa: F403
-from qat.nn.conv import ChannelScale2d, ConvModule2d, get_norm
+from qat.nn.conv import ChannelScale2d, ConvModule2d, PixelShuffleUp, get_norm
 from qat.nn.functional import Add, AddReLU, AddScalar, Cat, MatMul, Mul, MulScalar
 from qat.nn.misc import Interpolate, SpaceToDepth
 from qat.nn.se import SqueezeExcite, make_divisible
@@ -36,6 +36,7 @@ __all__ = [
     "MatMul",
     "Mul",
     "MulScalar",
+    "PixelShuffleUp",
     "QuantStub",
     "ReLU",
     "ReLU6",

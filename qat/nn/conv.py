@@ -18,7 +18,7 @@ from qat.nn.activations import get_act
 from qat.nn.functional import Mul
 from qat.nn.stubs import QuantStub
 
-__all__ = ["ChannelScale2d", "ConvModule2d", "get_norm"]
+__all__ = ["ChannelScale2d", "ConvModule2d", "PixelShuffleUp", "get_norm"]
 
 _FUSABLE_ACTS = (nn.ReLU, nn.ReLU6)
 
@@ -128,3 +128,55 @@ class ChannelScale2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}"
+
+
+class PixelShuffleUp(nn.Module):
+    """A transposed conv with ``kernel_size == stride == scale`` (no padding), as a 1×1 conv + pixel shuffle.
+
+    Such a transposed conv writes each input pixel to its own ``scale × scale`` output patch, so
+    it equals a 1×1 conv to ``out · scale²`` channels whose outputs a pixel shuffle lays out
+    spatially: the same function with the same weights (a bias is repeated for the ``scale²``
+    pixels of each patch). The 1×1 form quantizes per output channel, converts through eager
+    mode's ordinary conv path and runs on fbgemm's fast kernel, while ``nn.ConvTranspose2d`` has
+    no QAT module in eager mode. Decoders such as ESPNet's (``ConvTranspose2d(c, c, 2,
+    stride=2)``) up-sample with it; :meth:`from_conv_transpose` loads a trained transposed conv.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int = 2, bias: bool = False) -> None:
+        super().__init__()
+        if scale < 1:
+            raise ValueError(f"PixelShuffleUp scale must be >= 1, got {scale}")
+        self.scale = scale
+        self.conv = nn.Conv2d(in_channels, out_channels * scale * scale, 1, bias=bias)
+        self.shuffle = nn.PixelShuffle(scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shuffle(self.conv(x))
+
+    @classmethod
+    @torch.no_grad()
+    def from_conv_transpose(cls, ct: nn.ConvTranspose2d) -> PixelShuffleUp:
+        """The equivalent layer of a trained ``nn.ConvTranspose2d(kernel_size=s, stride=s)``."""
+        s = ct.kernel_size[0]
+        plain = (
+            ct.kernel_size == (s, s)
+            and ct.stride == (s, s)
+            and ct.padding == (0, 0)
+            and ct.output_padding == (0, 0)
+            and ct.dilation == (1, 1)
+            and ct.groups == 1
+        )
+        if not plain:
+            raise ValueError(
+                "PixelShuffleUp replaces only a square ConvTranspose2d with kernel_size == stride, no padding, "
+                f"no dilation and groups=1; got {ct}"
+            )
+        out = cls(ct.in_channels, ct.out_channels, s, bias=ct.bias is not None)
+        # ConvTranspose2d weight [in, out, a, b] -> 1×1 conv rows ordered (out, a, b), as PixelShuffle reads them.
+        out.conv.weight.copy_(ct.weight.permute(1, 2, 3, 0).reshape(-1, ct.in_channels, 1, 1))
+        if ct.bias is not None:
+            out.conv.bias.copy_(ct.bias.repeat_interleave(s * s))
+        return out
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"

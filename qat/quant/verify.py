@@ -72,7 +72,11 @@ def verify_model(
         target = _flat(model.eval()(example_input)).float()
     fq = prepare_qat(model.train(), qconfig)
     with torch.no_grad():
-        fq(example_input)  # one observing pass, so even steps=0 converts from real ranges
+        # One observing pass, so even steps=0 converts from real ranges. In eval mode, as the
+        # pipeline calibrates: train-mode BN on a tiny batch gives ranges the converted model never
+        # sees, and grids that coarse make every rounding flip a large share of the output.
+        fq.eval()(example_input)
+    fq.train()
     if bn == "fold":
         fold_bn(fq)
     opt = torch.optim.SGD(fq.parameters(), lr=lr)

@@ -1,6 +1,7 @@
-"""ESPNetv2 blocks (Mehta et al., CVPR 2019): the EESP unit and its strided down-sampler.
+"""ESPNet blocks: ESPNetv2's EESP unit and its strided down-sampler (Mehta et al., CVPR 2019), and
+ESPNet v1's ESP module (Mehta et al., ECCV 2018).
 
-Layouts follow the authors' code (``sacmehta/EdgeNets``, ``nn_layers/eesp.py``): submodules are
+EESP layouts follow the authors' code (``sacmehta/EdgeNets``, ``nn_layers/eesp.py``): submodules are
 registered in the same order, so a reference state dict loads by position (minus the reference's
 never-called layers, see :class:`EESPDownsampler`). Every ``+`` and ``cat`` is a ``qat.nn``
 module (one per call site); activations are per-channel ``nn.PReLU`` (an exact int8 lookup op per channel, see
@@ -14,7 +15,10 @@ from torch import Tensor, nn
 from qat.nn.conv import ConvModule2d
 from qat.nn.functional import Add, Cat
 
-__all__ = ["EESP", "EESPDownsampler", "eesp_dilations"]
+__all__ = ["BNPReLU", "EESP", "ESP", "EESPDownsampler", "eesp_dilations"]
+
+#: Dilation rates of the ESP module's five 3×3 branches (ESPNet v1).
+ESP_DILATIONS = (1, 2, 4, 8, 16)
 
 
 def eesp_dilations(branches: int, receptive_limit: int) -> list[int]:
@@ -141,3 +145,66 @@ class EESPDownsampler(nn.Module):
                 raise ValueError(f"pooled image is {tuple(image.shape[-2:])}, the output {tuple(out.shape[-2:])}")
             out = self.add(out, self.inp_reinf(image))
         return self.act(out)
+
+
+class BNPReLU(nn.Module):
+    """``BatchNorm2d`` (eps 1e-3, as ESPNet's code) → per-channel ``PReLU``, applied to a concat or a sum.
+
+    Nothing precedes it to fold into, so in int8 it runs as torch's quantized batch norm followed
+    by the exact per-channel PReLU lookup.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, eps=1e-3)
+        self.act = nn.PReLU(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(x))
+
+
+class ESP(nn.Module):
+    """ESPNet v1's Efficient Spatial Pyramid module: reduce → split → transform → HFF → merge.
+
+    ``x → reduce`` (a 1×1 conv, or a 3×3 stride-2 conv for the strided down-sampler; no norm) to
+    ``n = out // 5`` channels ``→`` five parallel 3×3 convs with dilations 1, 2, 4, 8, 16 (the
+    first makes the remaining ``out - 4n`` channels) ``→`` hierarchical feature fusion: the
+    dilated branches are summed cumulatively (``y_k = d_k + y_{k-1}``), which removes the
+    gridding of large dilations ``→ cat → [+ x] → BN → PReLU``. The input is added back when
+    ``residual`` (stride 1, equal channels). Layout and parameter count follow the authors' code
+    (``DownSamplerB`` for stride 2, ``DilatedParllelResidualBlockB`` otherwise).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, residual: bool = True) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"ESP stride must be 1 or 2, got {stride}")
+        if out_channels < len(ESP_DILATIONS):
+            raise ValueError(f"ESP needs at least {len(ESP_DILATIONS)} output channels, got {out_channels}")
+        self.residual = residual and stride == 1
+        if self.residual and in_channels != out_channels:
+            raise ValueError(
+                f"a residual ESP needs equal channels, got {in_channels} → {out_channels}; pass residual=False"
+            )
+        n = out_channels // len(ESP_DILATIONS)
+        first = out_channels - (len(ESP_DILATIONS) - 1) * n
+        k = 3 if stride == 2 else 1
+        self.reduce = nn.Conv2d(in_channels, n, k, stride, padding=k // 2, bias=False)
+        self.branches = nn.ModuleList(
+            nn.Conv2d(n, first if i == 0 else n, 3, padding=d, dilation=d, bias=False)
+            for i, d in enumerate(ESP_DILATIONS)
+        )
+        self.hff = nn.ModuleList(Add() for _ in range(len(ESP_DILATIONS) - 2))
+        self.cat = Cat(dim=1)
+        self.add = Add() if self.residual else None
+        self.out = BNPReLU(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        reduced = self.reduce(x)
+        first, fused = self.branches[0](reduced), [self.branches[1](reduced)]
+        for conv, add in zip(self.branches[2:], self.hff):
+            fused.append(add(conv(reduced), fused[-1]))
+        out = self.cat([first, *fused])
+        if self.add is not None:
+            out = self.add(x, out)
+        return self.out(out)
