@@ -52,17 +52,20 @@ LATENCY_NOTE = """
 
 The latency is one sample of a shared 2-core machine: CPU time leaves out waiting for a core,
 but a co-running job still slows the work itself (the two "cores" share caches), so single rows
-can be off by 2x (`henet_tinym` measures 1.49x alone: BENCHMARKS.md section 3). On this AVX2 CPU
-without VNNI the int8 arithmetic ceiling over fp32 FMA is ~2x, and these models stay below it:
+can be off by 2x. How much int8 can gain depends on the CPU named above: without VNNI, fbgemm's
+int8 multiply-accumulate tops out near 2x over fp32 FMA (HENet TinyM measured 1.49x on such a
+CPU, BENCHMARKS.md section 3); with VNNI it goes further. At one thread PyTorch runs many batch-1
+fp32 convs on its im2col path (`_slow_conv2d_forward`) rather than oneDNN, which flatters int8;
+BENCHMARKS.md section 3 also times 2 threads and channels-last fp32. Where int8 gains least, and why:
 
 - EfficientNet: SiLU has no int8 kernel; it runs as dequantize -> SiLU -> quantize on every
   expanded tensor (three memory passes where fp32 has one), plus the SE gate's int8 multiply.
 - GhostNet, ShuffleNet V1/V2, Lite-HRNet, PP-LCNet, MobileNetV3-Small: many cheap ops (concat,
   channel split/shuffle, resize, pooling, hardswish) whose int8 forms requantize or copy, and small
   convs where fbgemm's per-call activation packing and requantization outweigh the arithmetic.
-  At batch 1 int8 can be slower than fp32 here; on an NPU or a VNNI CPU these costs differ.
-- ESPNetv2: 57 per-channel PReLUs that do not fuse into a conv (each an int8 lookup: dequantize ->
-  PReLU -> quantize), grouped 1x1 and dilated depthwise convs, and many adds/concats.
+  At batch 1 int8 can be slower than fp32 on a CPU; an NPU runs these ops natively.
+- ESPNet v1/v2: per-channel PReLUs that do not fuse into a conv (each an int8 lookup: dequantize ->
+  PReLU -> quantize), standalone BNs after concats, dilated convs, and many adds/concats.
 - MobileViT: LayerNorm, softmax and the patch unfold/fold run as requantizing ops between the
   int8 matmuls; attention at batch 1 is small matrices where fbgemm gains little.
 """

@@ -96,3 +96,17 @@ def stem_feature_sizes(name: str) -> tuple[list[int], list[int], list[int]]:
     assert logits.shape == (2, 10)
     assert [f.shape[1] for f in small] == cifar.feature_channels
     return [f.shape[-1] for f in big], [f.shape[-1] for f in small], cifar.feature_channels
+
+
+def assert_features_verify_int8(name: str, sizes: list[int], bn: str = "fold") -> None:
+    """``include_top=False`` with the CIFAR stem at 32x32: each feature map leaves through its own
+    DeQuantStub, meets the int8 contract, and has the given spatial ``sizes``."""
+    from qat.models import create_model
+    from qat.quant import verify_model
+
+    torch.manual_seed(0)
+    model = create_model(name, include_top=False, stem="cifar")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    r = verify_model(model, x, bn=bn)
+    assert_int8_contract(r)
+    assert [f.shape[-1] for f in r.int8_model(x)] == sizes

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
+    assert_features_verify_int8,
     assert_input_scale_and_stem_arguments,
-    assert_int8_contract,
     assert_logits_at_224,
     param_count,
     stem_feature_sizes,
@@ -19,7 +19,6 @@ from torch import nn
 from qat.models import create_model
 from qat.models.espnet import CHANNELS, ESPNetV2
 from qat.nn.blocks.espnet import EESP, EESPDownsampler, eesp_dilations
-from qat.quant import verify_model
 from qat.quant.int8_ops import QuantizedLUT
 
 # scale: (ours, the reference code's count, its never-called parameters, the README's figure).
@@ -104,9 +103,4 @@ def test_int8_prelu_is_a_per_channel_table() -> None:
 
 def test_features_verify_int8() -> None:
     """``include_top=False``: the four feature maps leave through their own DeQuantStubs, all in int8."""
-    torch.manual_seed(0)
-    model = create_model("espnetv2_s0_5", include_top=False, stem="cifar")
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    r = verify_model(model, x, bn="fold")
-    assert_int8_contract(r)
-    assert [f.shape[-1] for f in r.int8_model(x)] == [16, 8, 4, 2]
+    assert_features_verify_int8("espnetv2_s0_5", [16, 8, 4, 2])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
+    assert_features_verify_int8,
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
@@ -115,9 +116,4 @@ def test_segmenter_verifies_in_int8() -> None:
 
 
 def test_features_verify_int8() -> None:
-    torch.manual_seed(0)
-    model = create_model("espnet_c", include_top=False, stem="cifar")
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    r = verify_model(model, x, bn="fold")
-    assert_int8_contract(r)
-    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8]
+    assert_features_verify_int8("espnet_c", [32, 16, 8])

@@ -27,6 +27,7 @@ from qat.quant import (
     get_qconfig,
     prepare_calibration,
     prepare_qat,
+    replay_ops,
     start_qat,
     unconverted_layers,
     verify_model,
@@ -249,7 +250,7 @@ def test_convert_squares_depthwise_kernels_bit_exactly(monkeypatch: pytest.Monke
     int8 = convert(model)
     for conv in (int8.wide.conv, int8.tall.conv):
         assert conv.kernel_size == (5, 5) and conv.padding == (2, 2)
-    monkeypatch.setattr("qat.quant.prepare._square_depthwise_kernels", lambda m: None)
+    monkeypatch.setattr("qat.quant.fast_int8._square_depthwise_kernels", lambda m: None)
     as_trained = convert(model)
     assert as_trained.wide.conv.kernel_size == (1, 5) and as_trained.tall.conv.kernel_size == (5, 1)
     with torch.no_grad():
@@ -337,3 +338,83 @@ def test_verify_model_observes_eval_mode_ranges() -> None:
     step = next(m for m in r.int8_model.modules() if isinstance(m, nnq.Conv2d)).scale
     span = float(eval_out.max() - eval_out.min())
     assert span / step > 100, (span, step)  # the grid fits eval outputs; a train-mode grid would give ~2 steps
+
+
+def test_wide_depthwise_convs_split_onto_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Depthwise int8 convs of over 100 channels not divisible by 8 (ShuffleNetV2 x1.0's 116) run as a
+    112 + 4 split with the same output codes; narrower or divisible ones are left alone."""
+    from qat.quant.fast_int8 import SplitDepthwiseConv2d
+
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant = qnn.QuantStub()
+            self.dw = qnn.ConvModule2d(116, 116, 3, 1, 1, groups=116, norm_layer="bn", act_layer="relu")
+            self.dw_even = qnn.ConvModule2d(116, 116, 3, 2, 1, groups=116, bias=True)
+            self.narrow = qnn.ConvModule2d(116, 58, 1)
+            self.dw_narrow = qnn.ConvModule2d(58, 58, 3, 1, 1, groups=58)
+            self.dequant = qnn.DeQuantStub()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.dequant(self.dw_narrow(self.narrow(self.dw_even(self.dw(self.quant(x))))))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 116, 12, 12)
+    model = prepare_calibration(Wide(), "x86")
+    calibrate(model, [x])
+    disable_observer(model.eval())
+    int8 = convert(model)
+    assert isinstance(int8.dw.conv, SplitDepthwiseConv2d) and int8.dw.conv.split == 112
+    assert isinstance(int8.dw_even.conv, SplitDepthwiseConv2d)
+    assert not isinstance(int8.dw_narrow.conv, SplitDepthwiseConv2d)
+    monkeypatch.setattr("qat.quant.fast_int8._split_depthwise_channels", lambda m: None)
+    unsplit = convert(model)
+    with torch.no_grad():
+        assert torch.equal(int8(x), unsplit(x))
+    enable_fake_quant(model)
+    # Compared as one op against fake-quant (its halves have no counterpart there: comparing them
+    # separately would raise on the missing submodule).
+    ops = replay_ops(model, int8, x)
+    assert ops["mismatched"] == 0 and ops["compared"] > x.numel()
+
+
+def test_int8_elementwise_ops_align_memory_formats() -> None:
+    """After convert, qat.nn.Add/Mul run as FastQFunctional: a channels-last and an NCHW operand give the
+    codes of two NCHW ones (torch's kernel walks a 30x slower strided loop for the mixed pair), and a
+    broadcast mul gives fake-quant's codes."""
+    from qat.quant.fast_int8 import FastQFunctional
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant = qnn.QuantStub()
+            self.conv = qnn.ConvModule2d(8, 8, 3, padding=1)
+            self.add, self.mul = qnn.Add(), qnn.Mul()
+            self.dequant = qnn.DeQuantStub()
+
+        def forward(self, x: Tensor) -> Tensor:
+            q = self.quant(x)
+            y = self.conv(q)  # channels-last out of fbgemm, q is NCHW
+            return self.dequant(self.mul(self.add(y, q), q))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 10, 10)
+    model = prepare_calibration(Residual(), "x86")
+    calibrate(model, [x])
+    int8 = convert(model)
+    assert isinstance(int8.add.op, FastQFunctional) and isinstance(int8.mul.op, FastQFunctional)
+    qa = torch.quantize_per_tensor(torch.randn(2, 8, 10, 10), 0.05, 120, torch.quint8)
+    qb = torch.quantize_per_tensor(torch.randn(2, 8, 10, 10), 0.04, 130, torch.quint8)
+    cl = qa.contiguous(memory_format=torch.channels_last)
+    for op in (int8.add.op.add, int8.add.op.add_relu, int8.mul.op.mul):
+        assert torch.equal(op(cl, qb).int_repr().contiguous(), op(qa, qb).int_repr())
+    assert int8.add.op.add(cl, qb).is_contiguous(memory_format=torch.channels_last)
+    gate = torch.quantize_per_tensor(torch.rand(2, 8, 1, 1), 1 / 256, 0, torch.quint8)
+    op = int8.mul.op
+    expected = torch.fake_quantize_per_tensor_affine(
+        qa.dequantize() * gate.dequantize(), op.scale, op.zero_point, 0, 255
+    )
+    assert torch.equal(op.mul(cl, gate).dequantize(), expected)  # a broadcast gate: fake-quant's arithmetic
+    enable_fake_quant(model)
+    disable_observer(model.eval())
+    assert replay_ops(model, int8, x)["mismatched"] == 0

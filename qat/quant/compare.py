@@ -94,7 +94,12 @@ def replay_ops(fake_quant_model: nn.Module, int8_model: nn.Module, x: Tensor) ->
     calls: list[tuple[str, str | None, tuple, dict, Any]] = []
     handles = []
     restore: list[tuple[nn.Module, str]] = []
+    composites: list[str] = []
     for path, mod in int8_model.named_modules():
+        if any(path.startswith(c + ".") for c in composites):
+            continue  # a part of an op that is compared as a whole
+        if getattr(mod, "int8_composite", False):
+            composites.append(path)
         if hasattr(mod, "add_relu") and hasattr(mod, "mul_scalar"):  # a QFunctional
             for meth in _QF_METHODS:
                 original = getattr(mod, meth)
@@ -110,6 +115,7 @@ def replay_ops(fake_quant_model: nn.Module, int8_model: nn.Module, x: Tensor) ->
             (path and not list(mod.children()))
             or isinstance(mod, nnq.Linear)  # its packed-params child hides it from the leaf test
             or type(mod).__name__ in ("QuantizedLUT", "QuantizedRequant")
+            or getattr(mod, "int8_composite", False)
         ):
             handles.append(
                 mod.register_forward_hook(

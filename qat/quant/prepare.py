@@ -26,6 +26,7 @@ from qat.quant.backend import (
     tq,
 )
 from qat.quant.convbn import fold_bn, use_fast_conv_bn
+from qat.quant.fast_int8 import use_fast_int8_kernels
 from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
 from qat.quant.int8_ops import QuantizedLUT, QuantizedRequant, QuantizedSoftmax, policy_for
 from qat.quant.qconfig import QuantConfig, get_qconfig
@@ -308,44 +309,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
             mapping[type(m)] = QuantizedSoftmax
     tq.convert(model, mapping=mapping, inplace=True)
     _clamp_int8_weights(model, cfg)
-    _square_depthwise_kernels(model)
+    use_fast_int8_kernels(model)
     return model
-
-
-#: Depthwise kernel sizes with a fast int8 path in fbgemm (and QNNPACK for 3 and 5).
-_FAST_DEPTHWISE = (3, 5, 7)
-
-
-def _square_depthwise_kernels(model: nn.Module) -> None:
-    """Zero-pad int8 depthwise kernels like (1, 5) / (5, 1) to (5, 5), adjusting the padding.
-
-    fbgemm and QNNPACK run only square depthwise kernels on their fast path; HENet's AltDWCB
-    (1, 5) kernels otherwise take the generic grouped path, measured ~50x slower. Zero weights
-    add nothing to the int32 accumulation, so the outputs are bit-identical.
-    """
-    for m in model.modules():
-        if not isinstance(m, nnq.Conv2d) or m.padding_mode != "zeros":
-            continue
-        (kh, kw), (ph, pw), (dh, dw) = m.kernel_size, m.padding, m.dilation
-        k = max(kh, kw)
-        depthwise = m.groups == m.in_channels == m.out_channels
-        if not depthwise or kh == kw or k not in _FAST_DEPTHWISE or (k - kh) % 2 or (k - kw) % 2:
-            continue
-        w = m.weight()
-        per_channel = w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
-        zero_points = w.q_per_channel_zero_points() if per_channel else torch.tensor([w.q_zero_point()])
-        if zero_points.any():  # code 0 would not be weight 0
-            continue
-        ah, aw = (k - kh) // 2, (k - kw) // 2
-        ints = torch.nn.functional.pad(w.int_repr(), (aw, aw, ah, ah))
-        if per_channel:
-            w = torch._make_per_channel_quantized_tensor(
-                ints, w.q_per_channel_scales(), w.q_per_channel_zero_points(), w.q_per_channel_axis()
-            )
-        else:
-            w = torch._make_per_tensor_quantized_tensor(ints, w.q_scale(), 0)
-        m.kernel_size, m.padding = (k, k), (ph + ah * dh, pw + aw * dw)
-        m.set_weight_bias(w, m.bias())
 
 
 def _clamp_int8_weights(model: nn.Module, cfg: QuantConfig) -> None:
