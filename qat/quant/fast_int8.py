@@ -1,4 +1,6 @@
-"""Rewrites of converted int8 layers onto fbgemm's and torch's fast kernels, bit-exact.
+"""Rewrites of converted int8 layers onto fbgemm's and torch's fast kernels.
+
+Each keeps the output codes of the layer it replaces, or computes fake-quant's own arithmetic.
 
 - fbgemm runs depthwise convs on a dedicated fast path only for square 3/5/7 kernels and, past 100
   channels, only for channel counts divisible by 8; anything else takes its generic grouped path,
