@@ -103,4 +103,4 @@ def test_int8_prelu_is_a_per_channel_table() -> None:
 
 def test_features_verify_int8() -> None:
     """``include_top=False``: the four feature maps leave through their own DeQuantStubs, all in int8."""
-    assert_features_verify_int8("espnetv2_s0_5", [16, 8, 4, 2])
+    assert_features_verify_int8("espnetv2_s0_5", [16, 8, 4, 2], bn="fold")

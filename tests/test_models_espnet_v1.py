@@ -116,4 +116,4 @@ def test_segmenter_verifies_in_int8() -> None:
 
 
 def test_features_verify_int8() -> None:
-    assert_features_verify_int8("espnet_c", [32, 16, 8])
+    assert_features_verify_int8("espnet_c", [32, 16, 8], bn="fold")

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 from contract import (
+    assert_features_verify_int8,
     assert_input_scale_and_stem_arguments,
-    assert_int8_contract,
     assert_logits_at_224,
     param_count,
     stem_feature_sizes,
@@ -18,7 +18,6 @@ from contract import (
 
 from qat.models import create_model
 from qat.nn.blocks.googlenet import Inception
-from qat.quant import verify_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,9 +74,4 @@ def test_input_scale_and_stem_arguments() -> None:
 
 def test_features_verify_int8() -> None:
     """``include_top=False``: every feature map leaves through its own DeQuantStub, all in int8."""
-    torch.manual_seed(0)
-    model = create_model("googlenet", include_top=False)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    r = verify_model(model, x)
-    assert_int8_contract(r)
-    assert [f.shape[-1] for f in r.int8_model(x)] == [8, 4, 2, 1]
+    assert_features_verify_int8("googlenet", [8, 4, 2, 1], stem="imagenet")

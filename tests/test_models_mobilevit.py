@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
+    assert_features_verify_int8,
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
@@ -144,9 +145,4 @@ def test_layer_norm_int8_is_bit_exact() -> None:
 
 def test_features_verify_int8() -> None:
     """``include_top=False`` with the CIFAR stem: every feature map through its own DeQuantStub, in int8."""
-    torch.manual_seed(0)
-    model = create_model("mobilevit_xxs", include_top=False, stem="cifar")
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    r = verify_model(model, x)
-    assert_int8_contract(r)
-    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8, 4]
+    assert_features_verify_int8("mobilevit_xxs", [32, 16, 8, 4])

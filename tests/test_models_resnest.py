@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
+    assert_features_verify_int8,
     assert_input_scale_and_stem_arguments,
     assert_int8_contract,
     assert_logits_at_224,
@@ -110,9 +111,4 @@ def test_bottleneck_verifies_int8(kwargs: dict) -> None:
 
 def test_features_verify_int8() -> None:
     """``include_top=False`` with the CIFAR stem: four int8 feature maps, int8 == fake-quant per op."""
-    torch.manual_seed(0)
-    model = create_model("resnest50", include_top=False, stem="cifar")
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    r = verify_model(model, x, steps=1, bn="fold")
-    assert_int8_contract(r)
-    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8, 4]
+    assert_features_verify_int8("resnest50", [32, 16, 8, 4], steps=1, bn="fold")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
+    assert_features_verify_int8,
     assert_input_scale_and_stem_arguments,
-    assert_int8_contract,
     assert_logits_at_224,
     param_count,
     stem_feature_sizes,
@@ -20,7 +20,6 @@ from qat.models.shufflenet_v1 import STAGE_CHANNELS, ShuffleNetV1
 from qat.nn.blocks.shufflenet import channel_shuffle
 from qat.nn.blocks.shufflenet_v1 import ShuffleV1Block
 from qat.nn.functional import AddReLU, Cat
-from qat.quant import verify_model
 
 MODELS = ["shufflenet_v1_g3_x0_5", "shufflenet_v1_g3_x1_0", "shufflenet_v1_g8_x1_0"]
 
@@ -107,9 +106,4 @@ def test_input_scale_and_stem_arguments() -> None:
 
 def test_features_verify_int8() -> None:
     """``include_top=False``: every feature map leaves through its own DeQuantStub, all in int8."""
-    torch.manual_seed(0)
-    model = create_model("shufflenet_v1_g3_x0_5", include_top=False, stem="cifar")
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    r = verify_model(model, x)
-    assert_int8_contract(r)
-    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8, 4]
+    assert_features_verify_int8("shufflenet_v1_g3_x0_5", [32, 16, 8, 4])

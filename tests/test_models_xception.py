@@ -6,10 +6,9 @@ The full int8 contract (float/QAT/int8 at 32×32) runs for ``xception`` in tests
 from __future__ import annotations
 
 import pytest
-import torch
 from contract import (
+    assert_features_verify_int8,
     assert_input_scale_and_stem_arguments,
-    assert_int8_contract,
     assert_logits_at_224,
     param_count,
     stem_feature_sizes,
@@ -19,7 +18,6 @@ from torch import nn
 from qat.models import create_model
 from qat.models.xception import STAGE_CHANNELS
 from qat.nn.blocks.xception import XceptionBlock
-from qat.quant import verify_model
 from qat.quant.fuse import collect_patterns
 
 # Keras' Xception, Cadene's pretrainedmodels / timm's legacy ``xception``: same tensors, same count.
@@ -64,9 +62,4 @@ def test_every_relu_fuses_or_opens_a_block() -> None:
 
 def test_features_verify_int8() -> None:
     """``include_top=False`` with the CIFAR stem: four int8 feature maps, int8 == fake-quant per op."""
-    torch.manual_seed(0)
-    model = create_model("xception", include_top=False, stem="cifar")
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    r = verify_model(model, x, steps=1, bn="fold")
-    assert_int8_contract(r)
-    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8, 4]
+    assert_features_verify_int8("xception", [32, 16, 8, 4], steps=1, bn="fold")

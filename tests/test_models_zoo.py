@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from contract import assert_int8_contract, param_count
+from contract import assert_features_verify_int8, param_count
 
 from qat.models import create_model
 from qat.models.ghostnet import GhostNet
@@ -16,7 +16,6 @@ from qat.models.lcnet import PPLCNet
 from qat.models.litehrnet import LiteHRNet
 from qat.models.shufflenet import STAGE_CHANNELS, ShuffleNetV2
 from qat.nn.stubs import QuantStub
-from qat.quant import verify_model
 
 ZOO = [
     "ghostnet_x1_0",
@@ -130,12 +129,5 @@ def test_features_verify_int8(name: str) -> None:
     ``litehrnet_small`` is Lite-HRNet with one module per stage: every block and branch count of
     ``litehrnet_18`` at a third of its cost.
     """
-    torch.manual_seed(0)
-    if name == "litehrnet_small":
-        model = LiteHRNet((1, 1, 1), include_top=False, stem="cifar")
-    else:
-        model = create_model(name, include_top=False, stem="cifar")
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    r = verify_model(model, x)
-    assert_int8_contract(r)
-    assert [f.shape[-1] for f in r.int8_model(x)] == [32, 16, 8, 4]
+    make = (lambda: LiteHRNet((1, 1, 1), include_top=False, stem="cifar")) if name == "litehrnet_small" else name
+    assert_features_verify_int8(make, [32, 16, 8, 4])

@@ -40,6 +40,14 @@ _WIDTHS = (16, 64, 128)  # level1, level2, level3 output channels of the authors
 _IMAGE = 3
 
 
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, prelu: bool = True) -> ConvModule2d:
+    """The authors' ``CBR`` (or ``CB`` without ``prelu``): bias-free conv → BN (eps 1e-3) → PReLU."""
+    act = nn.PReLU(cout) if prelu else None
+    return ConvModule2d(
+        cin, cout, k, stride, k // 2, bias=False, norm_layer=nn.BatchNorm2d(cout, eps=1e-3), act_layer=act
+    )
+
+
 class ESPNetEncoder(nn.Module):
     """ESPNet-C without its classifier: a quantized image in, features at strides 2, 4, 8 out.
 
@@ -52,16 +60,7 @@ class ESPNetEncoder(nn.Module):
         if p < 1 or q < 1:
             raise ValueError(f"ESPNet needs at least one ESP module per level, got p={p}, q={q}")
         c1, c2, c3 = _WIDTHS
-        self.level1 = ConvModule2d(
-            _IMAGE,
-            c1,
-            3,
-            1 if cifar else 2,
-            1,
-            bias=False,
-            norm_layer=nn.BatchNorm2d(c1, eps=1e-3),
-            act_layer=nn.PReLU(c1),
-        )
+        self.level1 = _conv_bn(_IMAGE, c1, 3, 1 if cifar else 2)
         # Image copies at the sizes of levels 1 and 2: with the ImageNet stem the first sits at
         # stride 2 (one pool), with the CIFAR stem at stride 1 (the image itself).
         self.image_pools = nn.ModuleList(nn.AvgPool2d(3, stride=2, padding=1) for _ in range(1 if cifar else 2))
@@ -132,22 +131,14 @@ class ESPNet(nn.Module):
         self.quant = QuantStub(scale=input_scale)
         self.encoder = ESPNetEncoder(p, q)
         c1, c2, c3 = self.encoder.feature_channels
-        self.classifier = ConvModule2d(c3, num_classes, 1, bias=False, norm_layer=nn.BatchNorm2d(num_classes, eps=1e-3))
+        self.classifier = _conv_bn(c3, num_classes, 1, prelu=False)
         self.up3 = PixelShuffleUp(num_classes, num_classes)
         self.project2 = nn.Conv2d(c2, num_classes, 1, bias=False)
         self.cat2 = Cat(dim=1)
         self.combine2 = nn.Sequential(BNPReLU(2 * num_classes), ESP(2 * num_classes, num_classes, residual=False))
         self.up2 = nn.Sequential(PixelShuffleUp(num_classes, num_classes), BNPReLU(num_classes))
         self.cat1 = Cat(dim=1)
-        self.combine1 = ConvModule2d(
-            c1 + num_classes,
-            num_classes,
-            3,
-            padding=1,
-            bias=False,
-            norm_layer=nn.BatchNorm2d(num_classes, eps=1e-3),
-            act_layer=nn.PReLU(num_classes),
-        )
+        self.combine1 = _conv_bn(c1 + num_classes, num_classes, 3)
         self.up1 = PixelShuffleUp(num_classes, num_classes)
         self.dequant = DeQuantStub()
         init_weights(self)

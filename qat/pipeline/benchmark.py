@@ -16,10 +16,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from qat.quant import calibrate, collect_patterns, convert, prepare_calibration
 
 __all__ = [
+    "channels_last",
     "compare_latency",
     "cpu_description",
     "fold_batchnorm",
-    "channels_last",
     "measure_latency",
     "quantize_for_timing",
     "state_dict_bytes",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from qat.quant.backend import QFunctional, nnq
 
-__all__ = ["FastQFunctional", "SplitDepthwiseConv2d", "use_fast_int8_kernels"]
+__all__ = ["FastQFunctional", "SplitDepthwiseConv2d", "use_fast_int8_kernels", "weight_with_codes"]
 
 
 def use_fast_int8_kernels(model: nn.Module) -> nn.Module:
@@ -39,6 +39,15 @@ def use_fast_int8_kernels(model: nn.Module) -> nn.Module:
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+
+
+def weight_with_codes(w: Tensor, codes: Tensor, channels: slice = slice(None)) -> Tensor:
+    """A quantized weight with integer ``codes`` and the grid of ``w`` (per channel: its ``channels``)."""
+    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return torch._make_per_channel_quantized_tensor(
+            codes, w.q_per_channel_scales()[channels], w.q_per_channel_zero_points()[channels], w.q_per_channel_axis()
+        )
+    return torch._make_per_tensor_quantized_tensor(codes, w.q_scale(), w.q_zero_point())
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -69,15 +78,8 @@ def _square_depthwise_kernels(model: nn.Module) -> None:
         if zero_points.any():  # code 0 would not be weight 0
             continue
         ah, aw = (k - kh) // 2, (k - kw) // 2
-        ints = torch.nn.functional.pad(w.int_repr(), (aw, aw, ah, ah))
-        if per_channel:
-            w = torch._make_per_channel_quantized_tensor(
-                ints, w.q_per_channel_scales(), w.q_per_channel_zero_points(), w.q_per_channel_axis()
-            )
-        else:
-            w = torch._make_per_tensor_quantized_tensor(ints, w.q_scale(), 0)
         m.kernel_size, m.padding = (k, k), (ph + ah * dh, pw + aw * dw)
-        m.set_weight_bias(w, m.bias())
+        m.set_weight_bias(weight_with_codes(w, torch.nn.functional.pad(w.int_repr(), (aw, aw, ah, ah))), m.bias())
 
 
 #: Past ``_ANY_CHANNELS`` channels fbgemm's depthwise fast path needs a channel count divisible by
@@ -119,14 +121,10 @@ def _channel_slice(conv: nnq.Conv2d, start: int, stop: int) -> nnq.Conv2d:
     part = copy.deepcopy(conv)
     part.in_channels = part.out_channels = part.groups = stop - start
     w, b = conv.weight(), conv.bias()
-    ints = w.int_repr()[start:stop]
-    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        w = torch._make_per_channel_quantized_tensor(
-            ints, w.q_per_channel_scales()[start:stop], w.q_per_channel_zero_points()[start:stop], 0
-        )
-    else:
-        w = torch._make_per_tensor_quantized_tensor(ints, w.q_scale(), w.q_zero_point())
-    part.set_weight_bias(w, None if b is None else b[start:stop].clone())
+    channels = slice(start, stop)
+    part.set_weight_bias(
+        weight_with_codes(w, w.int_repr()[channels], channels), None if b is None else b[channels].clone()
+    )
     return part
 
 

@@ -26,7 +26,7 @@ from qat.quant.backend import (
     tq,
 )
 from qat.quant.convbn import fold_bn, use_fast_conv_bn
-from qat.quant.fast_int8 import use_fast_int8_kernels
+from qat.quant.fast_int8 import use_fast_int8_kernels, weight_with_codes
 from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
 from qat.quant.int8_ops import QuantizedLUT, QuantizedRequant, QuantizedSoftmax, policy_for
 from qat.quant.qconfig import QuantConfig, get_qconfig
@@ -328,7 +328,4 @@ def _clamp_int8_weights(model: nn.Module, cfg: QuantConfig) -> None:
         ints = w.int_repr()
         if ints.min() >= lo and ints.max() <= hi:
             continue
-        w = torch._make_per_channel_quantized_tensor(
-            ints.clamp(lo, hi), w.q_per_channel_scales(), w.q_per_channel_zero_points(), w.q_per_channel_axis()
-        )
-        m.set_weight_bias(w, m.bias())
+        m.set_weight_bias(weight_with_codes(w, ints.clamp(lo, hi)), m.bias())
