@@ -4,12 +4,18 @@
     python bench/latency.py --models resnet18 --threads 2 --runs 20
     python bench/latency.py --threads 1 --clock cpu   # CPU time: robust on a busy machine
     python bench/latency.py --channels-last           # also fp32 in channels-last (often faster)
+    python bench/latency.py --channels-last --torchscript   # also the deployed (TorchScript) forms
+
 
 For each model and input shape (default 1x3x224x224 and 32x3x32x32) the fp32 model with every
 conv+BN folded (the fair baseline: int8 has BN folded too) and the int8 model are timed in
 interleaved rounds; each reports the best round's median. The int8 model is calibrated on the
 example input only: right layers and kernels, not meaningful accuracy. The first line printed
 names the CPU and whether it has VNNI, which bounds int8 speed-ups (see BENCHMARKS.md).
+
+``--torchscript`` also times both models traced and frozen (fp32 also through
+``torch.jit.optimize_for_inference``) and reports int8's deployed speed-up: its TorchScript form
+against the fastest of every fp32 form timed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from qat.pipeline.benchmark import (
     cpu_description,
     fold_batchnorm,
     quantize_for_timing,
+    torchscript,
 )
 
 DEFAULT_MODELS = ("henet_tinym", "mobilenet_v2", "mobilenet_v3_large")
@@ -46,6 +53,11 @@ def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argpar
         models = {"fp32": fold_batchnorm(model), "int8": int8}
         if args.channels_last:
             models["fp32_cl"] = channels_last(models["fp32"])
+        if args.torchscript:
+            models.update(
+                {f"{k}_ts": torchscript(m, x) for k, m in models.items()},
+                fp32_ofi=torchscript(models["fp32"], x, optimize=True),
+            )
         t = compare_latency(models, x, args.runs, args.warmup, args.threads, args.rounds, args.clock)
         row = {
             "model": name,
@@ -58,6 +70,14 @@ def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argpar
         if args.channels_last:
             row.update(fp32_cl_ms=1e3 * t["fp32_cl"], speedup_cl=t["fp32_cl"] / t["int8"])
             line += f"  | fp32 channels-last {row['fp32_cl_ms']:8.2f} ms  {row['speedup_cl']:.2f}x"
+        if args.torchscript:
+            fastest = min((k for k in t if k.startswith("fp32")), key=t.get)
+            row.update({f"{k}_ms": 1e3 * v for k, v in t.items() if k.endswith(("_ts", "_ofi"))})
+            row.update(fp32_fastest=fastest, speedup_deployed=t[fastest] / t["int8_ts"])
+            line += (
+                f"  | TorchScript: int8 {1e3 * t['int8_ts']:6.2f} ms vs fastest fp32 ({fastest}) "
+                f"{1e3 * t[fastest]:6.2f} ms  {row['speedup_deployed']:.2f}x"
+            )
         rows.append(row)
         print(line, flush=True)
     return rows
@@ -74,6 +94,9 @@ def main() -> None:
     p.add_argument("--target", default="x86")
     p.add_argument(
         "--channels-last", action="store_true", help="also time fp32 in channels-last layout (often its faster one)"
+    )
+    p.add_argument(
+        "--torchscript", action="store_true", help="also time both models traced and frozen (how they deploy)"
     )
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: thread CPU time (needs --threads 1)")
     args = p.parse_args()

@@ -10,7 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from qat.pipeline.benchmark import channels_last, compare_latency, cpu_description, fold_batchnorm, measure_latency
+from qat.nn.stubs import DeQuantStub, QuantStub
+from qat.pipeline.benchmark import (
+    channels_last,
+    compare_latency,
+    cpu_description,
+    fold_batchnorm,
+    measure_latency,
+    quantize_for_timing,
+    torchscript,
+)
 
 
 def test_cpu_clock_needs_one_thread_and_counts_work() -> None:
@@ -55,6 +64,20 @@ def test_channels_last_copy_keeps_outputs_and_the_original() -> None:
         torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_torchscript_forms_compute_what_the_eager_models_do() -> None:
+    """The deployed forms the latency bench times: int8 codes equal, fp32 within float error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        QuantStub(), nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.GELU(), nn.Conv2d(8, 4, 1), nn.Hardswish(), DeQuantStub()
+    ).eval()
+    x = torch.rand(1, 3, 16, 16)
+    int8 = quantize_for_timing(model, x)
+    with torch.no_grad():
+        assert torch.equal(torchscript(int8, x)(x), int8(x))
+        for optimize in (False, True):
+            torch.testing.assert_close(torchscript(model, x, optimize=optimize)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("script", "args", "needle"),
     [
@@ -65,8 +88,9 @@ def test_channels_last_copy_keeps_outputs_and_the_original() -> None:
         ),
         (
             "latency.py",
-            ["--models", "tiny_convnet", "--shapes", "2x3x32x32", "--runs", "1", "--rounds", "1", "--channels-last"],
-            "fp32 channels-last",
+            ["--models", "tiny_convnet", "--shapes", "2x3x32x32", "--runs", "1", "--rounds", "1", "--channels-last"]
+            + ["--torchscript"],
+            "TorchScript: int8",
         ),
         (
             "step_time.py",

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import qat.nn as qnn
-from qat.quant import convert, fuse_model, prepare_qat, verify_model
+from qat.quant import convert, fuse_model, portable_int8, prepare_qat, verify_model
 from qat.quant.backend import FixedQParamsFakeQuantize, nnq
 from qat.quant.int8_ops import QuantizedLUT
 
@@ -117,7 +117,7 @@ def test_conv_module_errors() -> None:
 def test_activation_int8_matches_fake_quant(name: str, x: Tensor) -> None:
     act = qnn.get_act(name)
     r = _verify(Wrap(act), x * 3, bound=0.02)
-    if name in ("gelu", "sigmoid", "hardsigmoid", "tanh"):
+    if name in ("gelu", "hardswish", "sigmoid", "hardsigmoid", "tanh"):
         assert isinstance(r.int8_model.layer, QuantizedLUT)
 
 
@@ -212,7 +212,7 @@ def test_user_model_all_targets(target: str, user_net: nn.Module, x: Tensor) -> 
 @given(
     scale=st.floats(min_value=1e-3, max_value=0.2),
     zero_point=st.integers(min_value=0, max_value=255),
-    fn=st.sampled_from([nn.GELU(), nn.Sigmoid(), nn.Tanh(), nn.Hardsigmoid(), nn.SiLU()]),
+    fn=st.sampled_from([nn.GELU(), nn.Sigmoid(), nn.Tanh(), nn.Hardsigmoid(), nn.SiLU(), nn.Hardswish()]),
 )
 def test_lut_is_exact_to_fake_quant(scale: float, zero_point: int, fn: nn.Module) -> None:
     """Property: the int8 table equals fake-quant(f(dequant(code))) for every input code."""
@@ -223,3 +223,5 @@ def test_lut_is_exact_to_fake_quant(scale: float, zero_point: int, fn: nn.Module
     expected = torch.fake_quantize_per_tensor_affine(fn(qx.dequantize()), out_scale, out_zp, 0, 255)
     torch.testing.assert_close(lut(qx).dequantize(), expected, rtol=0, atol=1e-6)
     assert torch.equal(lut(qx).int_repr(), lut.table(qx)), "forward must equal the 256-entry table"
+    with portable_int8():  # the float evaluation (where the table kernel runs, the lines above used it)
+        assert torch.equal(lut(qx).int_repr(), lut.table(qx))

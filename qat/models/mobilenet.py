@@ -332,7 +332,7 @@ def mobilenet_v3_large(
 ) -> StagedClassifier:
     """MobileNetV3-Large (Howard et al. 2019), torchvision's layout (BN eps 1e-3, momentum 0.01).
 
-    ReLU blocks fuse conv+BN+ReLU; hardswish runs as torch's int8 hardswish. 5,483,032
+    ReLU blocks fuse conv+BN+ReLU; hardswish runs as an int8 lookup table. 5,483,032
     parameters at 1.0x / 1000 classes, equal to ``torchvision.models.mobilenet_v3_large``.
     """
     return _mobilenet_v3(_V3_LARGE, 1280, num_classes, width_mult, stem, include_top, input_scale, dropout)

@@ -5,10 +5,11 @@ How each one becomes int8 (decided in ``qat.quant.int8_ops``, documented here fo
 - ``ReLU``: fused into the preceding conv/linear, or runs on the int8 tensor as is.
 - ``ReLU6``: fused as conv+bn+relu whose output grid is fixed to [0, 6]; the grid's saturation
   *is* the clamp at 6, so int8 and fake-quant agree exactly. Standalone it keeps its input's grid.
-- ``Hardswish``: torch's quantized hardswish with observed output qparams.
 - ``Sigmoid`` / ``Hardsigmoid``: fixed output grid 1/256 (as torch's int8 kernels), int8 lookup table.
-- ``GELU`` / ``Tanh`` / ``Mish``: a 256-entry int8 lookup table built from the observed input and
-  output grids -- bit-exact to the fake-quant model (NPUs implement nonlinearities the same way).
+- ``GELU`` / ``Hardswish`` / ``Tanh`` / ``Mish``: a 256-entry int8 lookup table built from the
+  observed input and output grids -- bit-exact to the fake-quant model (NPUs implement
+  nonlinearities the same way); on CPUs with AVX-512 VBMI it runs as a byte lookup
+  (``qat.quant.lut_kernel``).
 - ``SiLU`` (Swish): ``x * sigmoid(x)`` with a ``FloatFunctional`` multiply, as upstream has no
   int8 SiLU kernel.
 - ``Softmax``: torch's quantized softmax with a fixed 1/256 output grid.

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from qat.pipeline.errors import CheckpointError
 from qat.pipeline.plan import QuantPlan
-from qat.quant import convert, get_qconfig, prepare_calibration
+from qat.quant import convert, get_qconfig, portable_int8, prepare_calibration
 
 __all__ = [
     "FORMAT",
@@ -57,7 +57,8 @@ def export_int8(
     """Write ``model_int8.ts`` and ``int8_state.pt`` under ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     int8_model = int8_model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    # portable_int8: stock torch ops only, so the file loads without qat's table kernel.
+    with torch.no_grad(), warnings.catch_warnings(), portable_int8():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated")
         # qparams become constants of the traced graph, which is what an int8 deployment wants.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -8,6 +8,7 @@ from qat.quant.compare import compare_layers, compare_outputs, replay_ops
 from qat.quant.convbn import fold_bn
 from qat.quant.fuse import collect_patterns, fuse_model
 from qat.quant.int8_ops import INT8_POLICIES, Int8Policy
+from qat.quant.lut_kernel import lut_kernel_available, portable_int8, use_lut_kernel
 from qat.quant.prepare import (
     BN_MODES,
     calibrate,
@@ -51,12 +52,15 @@ __all__ = [
     "freeze_bn_stats",
     "fuse_model",
     "get_qconfig",
+    "lut_kernel_available",
+    "portable_int8",
     "prepare_calibration",
     "prepare_qat",
     "replay_ops",
     "start_qat",
     "unconverted_layers",
     "unfreeze_bn_stats",
+    "use_lut_kernel",
     "verify_model",
     "VerifyResult",
 ]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from qat.quant.backend import nnq
+from qat.quant.lut_kernel import lut_u8, use_lut_kernel
 
 __all__ = ["INT8_POLICIES", "Int8Policy", "QuantizedLUT", "QuantizedRequant", "QuantizedSoftmax", "policy_for"]
 
@@ -41,6 +42,8 @@ INT8_POLICIES: dict[type[nn.Module], Int8Policy] = {
     nn.SiLU: Int8Policy("lut"),
     nn.Mish: Int8Policy("lut"),
     nn.ELU: Int8Policy("lut"),
+    # torch's quantized hardswish evaluates its own float expression; the table is fake-quant's own.
+    nn.Hardswish: Int8Policy("lut"),
     # torch's quantized PReLU observes the 1-D slopes with the per-channel weight observer (convert
     # fails) and stores them rounded where fake-quant never did; the LUT form is exact per channel.
     nn.PReLU: Int8Policy("lut"),
@@ -101,10 +104,21 @@ class QuantizedLUT(_Requantized):
     """An elementwise function on int8 tensors, equal to a 256-entry table per input grid.
 
     ``table(x)[code] = quantize(f(dequantize(code)))`` is the int8 definition (what an NPU
-    runs). On CPU, ``forward`` evaluates the same expression on the dequantized tensor -- the
-    same value for every code, several times faster than a gather, and it keeps the input's
-    memory format (channels-last from fbgemm's convs), so the next conv needs no relayout.
+    runs). ``forward`` looks the codes up in that table with ``qat::lut_u8`` where the CPU has a
+    fast byte lookup (:mod:`qat.quant.lut_kernel`), and otherwise evaluates the same expression
+    on the dequantized tensor -- the same value for every code. Both keep the input's memory
+    format (channels-last from fbgemm's convs), so the next conv needs no relayout.
     """
+
+    def __init__(self, fn: nn.Module, scale: float, zero_point: int) -> None:
+        super().__init__(fn, scale, zero_point)
+        self._raw_tables: dict[tuple[torch.dtype, float, int], Tensor] = {}
+        use_lut_kernel()  # build and query the kernel now, not inside a later trace
+
+    @property
+    def elementwise(self) -> bool:
+        """One table for every element (PReLU with a slope per channel needs one per channel)."""
+        return not (isinstance(self.fn, nn.PReLU) and self.fn.num_parameters > 1)
 
     @torch.no_grad()
     def table(self, x: Tensor) -> Tensor:
@@ -113,6 +127,26 @@ class QuantizedLUT(_Requantized):
         codes = torch.arange(info.min, info.max + 1, dtype=torch.float32)
         y = self.fn((codes - x.q_zero_point()) * x.q_scale())
         return torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8).int_repr()
+
+    def raw_table(self, x: Tensor) -> Tensor:
+        """:meth:`table` indexed by the stored byte instead (qint8 code -1 is byte 255); cached per grid."""
+        key = (x.dtype, x.q_scale(), x.q_zero_point())
+        if key not in self._raw_tables:
+            table = self.table(x)
+            self._raw_tables[key] = table.roll(128) if x.dtype == torch.qint8 else table
+        return self._raw_tables[key]
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if (
+            not args
+            and not kwargs
+            and x.is_quantized
+            and x.qscheme() == torch.per_tensor_affine
+            and self.elementwise
+            and use_lut_kernel()
+        ):
+            return lut_u8(x, self.raw_table(x), self.scale, self.zero_point)
+        return super().forward(x, *args, **kwargs)
 
 
 class QuantizedRequant(_Requantized):

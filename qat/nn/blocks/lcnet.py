@@ -14,7 +14,7 @@ class LCNetBlock(nn.Module):
     """k×k depthwise-BN-act (stride) → [SE] → 1×1-BN-act; no residual.
 
     SE follows PaddleClas: ``channels // se_reduction`` squeeze channels, ReLU, hard-sigmoid gate.
-    Hardswish runs as torch's int8 hardswish with an observed output grid.
+    Hardswish runs as an int8 lookup table with an observed output grid.
     """
 
     def __init__(
