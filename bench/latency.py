@@ -15,7 +15,9 @@ names the CPU and whether it has VNNI, which bounds int8 speed-ups (see BENCHMAR
 
 ``--torchscript`` also times both models traced and frozen (fp32 also through
 ``torch.jit.optimize_for_inference``) and reports int8's deployed speed-up: its TorchScript form
-against the fastest of every fp32 form timed.
+against the fastest of every fp32 form timed, with ``qat::lut_u8`` (int8 activations as a byte
+lookup, where the CPU has AVX-512 VBMI) and without it (``portable``: stock torch ops, what the
+exported ``model_int8.ts`` contains).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from qat.pipeline.benchmark import (
     quantize_for_timing,
     torchscript,
 )
+from qat.quant import portable_int8
 
 DEFAULT_MODELS = ("henet_tinym", "mobilenet_v2", "mobilenet_v3_large")
 
@@ -58,6 +61,8 @@ def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argpar
                 {f"{k}_ts": torchscript(m, x) for k, m in models.items()},
                 fp32_ofi=torchscript(models["fp32"], x, optimize=True),
             )
+            with portable_int8():  # what qat's exported model_int8.ts runs: stock torch ops only
+                models["int8_portable_ts"] = torchscript(int8, x)
         t = compare_latency(models, x, args.runs, args.warmup, args.threads, args.rounds, args.clock)
         row = {
             "model": name,
@@ -77,6 +82,7 @@ def bench_model(name: str, shapes: list[tuple[int, int, int, int]], args: argpar
             line += (
                 f"  | TorchScript: int8 {1e3 * t['int8_ts']:6.2f} ms vs fastest fp32 ({fastest}) "
                 f"{1e3 * t[fastest]:6.2f} ms  {row['speedup_deployed']:.2f}x"
+                f" (portable int8 {1e3 * t['int8_portable_ts']:6.2f} ms  {t[fastest] / t['int8_portable_ts']:.2f}x)"
             )
         rows.append(row)
         print(line, flush=True)
