@@ -58,10 +58,11 @@ CPU, BENCHMARKS.md section 3); with VNNI it goes further. At one thread PyTorch 
 fp32 convs on its im2col path (`_slow_conv2d_forward`) rather than oneDNN, which flatters int8;
 BENCHMARKS.md section 3 also times 2 threads and channels-last fp32. Where int8 gains least, and why:
 
-- EfficientNet: SiLU has no int8 kernel; it runs as dequantize -> SiLU -> quantize on every
-  expanded tensor (three memory passes where fp32 has one), plus the SE gate's int8 multiply.
+- EfficientNet: SiLU has no int8 kernel; it runs as x * sigmoid(x), a sigmoid lookup (`qat::lut_u8`
+  on AVX-512 VBMI CPUs, else dequantize -> sigmoid -> quantize) and an int8 multiply on every
+  expanded tensor, plus the SE gate's int8 multiply.
 - GhostNet, ShuffleNet V1/V2, Lite-HRNet, PP-LCNet, MobileNetV3-Small: many cheap ops (concat,
-  channel split/shuffle, resize, pooling, hardswish) whose int8 forms requantize or copy, and small
+  channel split/shuffle, resize, pooling) whose int8 forms requantize or copy, and small
   convs where fbgemm's per-call activation packing and requantization outweigh the arithmetic.
   At batch 1 int8 can be slower than fp32 on a CPU; an NPU runs these ops natively.
 - ESPNet v1/v2: per-channel PReLUs that do not fuse into a conv (each an int8 lookup: dequantize ->
