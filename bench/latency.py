@@ -6,7 +6,6 @@
     python bench/latency.py --channels-last           # also fp32 in channels-last (often faster)
     python bench/latency.py --channels-last --torchscript   # also the deployed (TorchScript) forms
 
-
 For each model and input shape (default 1x3x224x224 and 32x3x32x32) the fp32 model with every
 conv+BN folded (the fair baseline: int8 has BN folded too) and the int8 model are timed in
 interleaved rounds; each reports the best round's median. The int8 model is calibrated on the

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from qat.quant.backend import nnq
-from qat.quant.lut_kernel import lut_u8, use_lut_kernel
+from qat.quant.lut_kernel import use_lut_kernel
 
 __all__ = ["INT8_POLICIES", "Int8Policy", "QuantizedLUT", "QuantizedRequant", "QuantizedSoftmax", "policy_for"]
 
@@ -145,7 +145,7 @@ class QuantizedLUT(_Requantized):
             and self.elementwise
             and use_lut_kernel()
         ):
-            return lut_u8(x, self.raw_table(x), self.scale, self.zero_point)
+            return torch.ops.qat.lut_u8(x, self.raw_table(x), self.scale, self.zero_point, True)
         return super().forward(x, *args, **kwargs)
 
 

@@ -4,8 +4,8 @@ An elementwise activation on int8 codes is a 256-entry table (see :mod:`qat.quan
 PyTorch has no table-lookup kernel for quantized tensors, so ``csrc/lut_u8.cpp`` adds one: on
 CPUs with AVX-512 VBMI it looks up 64 codes per two instructions (7.6 µs on a 128×56×56 map
 against 105 µs for dequantize → exact GELU → quantize, 2 threads). It is compiled once with
-torch's ``cpp_extension`` (about 10 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``) the first time an int8 activation runs.
+torch's ``cpp_extension`` (about 7 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``) the first time ``convert`` builds an int8 activation.
 
 Nothing depends on it: without a compiler, without VBMI (where its scalar loop is no faster
 than the float evaluation), with ``QAT_LUT_KERNEL=0``, or inside :func:`portable_int8`,
