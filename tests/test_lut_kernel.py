@@ -106,7 +106,8 @@ def test_env_switch_and_failed_build_fall_back(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv("QAT_LUT_KERNEL", "0")
         lut_kernel.lut_kernel_available.cache_clear()
         lut_kernel._fast_cpu.cache_clear()
-        assert not lut_kernel_available() and not use_lut_kernel()
+        lut_kernel._gate_cpu.cache_clear()
+        assert not lut_kernel_available() and not use_lut_kernel() and not lut_kernel.use_channel_gate_kernel()
         with pytest.raises(RuntimeError, match="QAT_LUT_KERNEL"):
             lut_u8(
                 torch.quantize_per_tensor(torch.zeros(3), 1.0, 0, torch.quint8),
@@ -115,13 +116,13 @@ def test_env_switch_and_failed_build_fall_back(monkeypatch: pytest.MonkeyPatch) 
                 0,
             )
         monkeypatch.setenv("QAT_LUT_KERNEL", "1")
-        monkeypatch.setattr(lut_kernel, "_SOURCE", Path("/nonexistent/lut_u8.cpp"))
+        monkeypatch.setattr(lut_kernel, "_SOURCES", [Path("/nonexistent/lut_u8.cpp")])
         lut_kernel.lut_kernel_available.cache_clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert not lut_kernel_available()
         assert any(
-            "could not be built" in str(w.message) and "int8 activations run in float" in str(w.message) for w in caught
+            "could not be built" in str(w.message) and "run as stock torch ops" in str(w.message) for w in caught
         )
         x = torch.quantize_per_tensor(torch.randn(5), 0.05, 128, torch.quint8)
         lut = QuantizedLUT(nn.GELU(), 0.02, 20)
@@ -130,3 +131,4 @@ def test_env_switch_and_failed_build_fall_back(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.undo()
         lut_kernel.lut_kernel_available.cache_clear()
         lut_kernel._fast_cpu.cache_clear()
+        lut_kernel._gate_cpu.cache_clear()

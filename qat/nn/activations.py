@@ -50,6 +50,10 @@ Softmax = nn.Softmax
 class SiLU(nn.Module):
     """SiLU / Swish as ``x * sigmoid(x)``: a fixed-grid sigmoid and an int8 multiply."""
 
+    #: Each output depends on its own input only, so the int8 form is a 256-entry table
+    #: (read by ``qat.quant.channel_gate`` to fold it into a fused op).
+    elementwise = True
+
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         self.sigmoid = nn.Sigmoid()

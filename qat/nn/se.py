@@ -27,6 +27,9 @@ class SqueezeExcite(nn.Module):
     fixed int8 output grid. ``squeeze_channels`` wins over ``rd_ratio``.
     """
 
+    #: Read by ``qat.quant.convert``: the int8 form may run as one fused op (``qat.quant.channel_gate``).
+    int8_fused = "channel_gate"
+
     def __init__(
         self,
         in_channels: int,

@@ -23,6 +23,7 @@ for _msg in _TORCH_AO_DEPRECATIONS:
 import torch  # noqa: E402
 import torch.ao.nn.intrinsic as nni  # noqa: E402
 import torch.ao.nn.intrinsic.qat as nniqat  # noqa: E402
+import torch.ao.nn.intrinsic.quantized as nniq  # noqa: E402
 import torch.ao.nn.qat as nnqat  # noqa: E402
 import torch.ao.nn.quantized as nnq  # noqa: E402
 import torch.ao.quantization as tq  # noqa: E402
@@ -74,6 +75,7 @@ __all__ = [
     "get_default_qconfig_propagation_list",
     "get_default_static_quant_module_mappings",
     "nni",
+    "nniq",
     "nniqat",
     "nnq",
     "nnqat",

@@ -1,15 +1,16 @@
-"""``qat::lut_u8``: int8 activations as a byte-table lookup, compiled on first use.
+"""qat's int8 CPU kernels, compiled on first use: ``qat::lut_u8`` and ``qat::channel_gate_u8``.
 
 An elementwise activation on int8 codes is a 256-entry table (see :mod:`qat.quant.int8_ops`).
 PyTorch has no table-lookup kernel for quantized tensors, so ``csrc/lut_u8.cpp`` adds one: on
 CPUs with AVX-512 VBMI it looks up 64 codes per two instructions (7.6 µs on a 128×56×56 map
-against 105 µs for dequantize → exact GELU → quantize, 2 threads). It is compiled once with
-torch's ``cpp_extension`` (about 7 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
+against 105 µs for dequantize → exact GELU → quantize, 2 threads). ``csrc/channel_gate_u8.cpp``
+runs a whole squeeze-and-excitation gate (pool, two 1×1 convs, activation tables, multiply) as
+one call where torch needs seven (:mod:`qat.quant.channel_gate`). Both are compiled once with
+torch's ``cpp_extension`` (about 10 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``) the first time ``convert`` builds an int8 activation.
 
-Nothing depends on it: without a compiler, without VBMI (where its scalar loop is no faster
-than the float evaluation), with ``QAT_LUT_KERNEL=0``, or inside :func:`portable_int8`,
-activations evaluate ``quantize(f(dequantize(x)))`` in float, which gives the same codes.
+Nothing depends on them: without a compiler, without the AVX-512 they are written for, with
+``QAT_LUT_KERNEL=0``, or inside :func:`portable_int8`, the same layers run as stock torch ops.
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["lut_kernel_available", "lut_u8", "portable_int8", "use_lut_kernel"]
+__all__ = [
+    "lut_kernel_available",
+    "lut_u8",
+    "portable_int8",
+    "use_channel_gate_kernel",
+    "use_lut_kernel",
+]
 
-_SOURCE = Path(__file__).with_name("csrc") / "lut_u8.cpp"
+_SOURCES = [Path(__file__).with_name("csrc") / f for f in ("lut_u8.cpp", "channel_gate_u8.cpp")]
 _ENV = "QAT_LUT_KERNEL"
 _portable_depth = 0
 
@@ -54,7 +61,7 @@ def _ninja_on_path() -> Iterator[None]:
 
 @functools.lru_cache(maxsize=1)
 def lut_kernel_available() -> bool:
-    """Build (first call only) and load ``qat::lut_u8``; False, with one warning, if it cannot be."""
+    """Build (first call only) and load qat's kernels; False, with one warning, if they cannot be."""
     if os.environ.get(_ENV, "1") == "0":
         return False
     logger = logging.getLogger("torch.utils.cpp_extension")
@@ -64,14 +71,20 @@ def lut_kernel_available() -> bool:
         from torch.utils.cpp_extension import load
 
         with _ninja_on_path():
-            load(name="qat_lut_u8", sources=[str(_SOURCE)], extra_cflags=["-O3"], is_python_module=False)
+            load(
+                name="qat_int8_kernels",
+                sources=[str(p) for p in _SOURCES],
+                # no fused multiply-adds: the kernels round where torch's op chains round
+                extra_cflags=["-O3", "-ffp-contract=off"],
+                is_python_module=False,
+            )
         return True
     except Exception as err:  # a missing compiler or ninja, an unwritable cache: fall back, say why
         warnings.warn(
-            f"qat: the int8 table kernel ({_SOURCE.name}) could not be built ({type(err).__name__}: "
+            f"qat: the int8 kernels (qat/quant/csrc) could not be built ({type(err).__name__}: "
             f"{str(err).strip().splitlines()[-1] if str(err).strip() else 'no message'}); int8 activations "
-            f"run in float instead (same codes, slower). Install gcc and ninja, or set {_ENV}=0 to "
-            "silence this.",
+            f"and SE gates run as stock torch ops instead (same codes, slower). Install gcc and ninja, or "
+            f"set {_ENV}=0 to silence this.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -82,8 +95,8 @@ def lut_kernel_available() -> bool:
 
 @contextlib.contextmanager
 def portable_int8() -> Iterator[None]:
-    """Inside this block int8 activations use stock torch ops only, e.g. to trace a TorchScript
-    file that loads with plain torch (no ``qat::lut_u8`` library needed)."""
+    """Inside this block int8 layers use stock torch ops only, e.g. to trace a TorchScript file
+    that loads with plain torch (no ``qat`` op library needed)."""
     global _portable_depth
     _portable_depth += 1
     try:
@@ -97,15 +110,27 @@ def _fast_cpu() -> bool:
     return lut_kernel_available() and bool(torch.ops.qat.lut_simd())
 
 
-def use_lut_kernel() -> bool:
-    """Route int8 activations through ``qat::lut_u8``? Only where it is faster: a VBMI CPU.
+@functools.lru_cache(maxsize=1)
+def _gate_cpu() -> bool:
+    return lut_kernel_available() and bool(torch.ops.qat.channel_gate_simd())
 
-    The CPU query is an op returning a bool, which a trace cannot record: a trace that starts
-    before the first query takes the portable path.
-    """
-    if _portable_depth or (torch.jit.is_tracing() and _fast_cpu.cache_info().currsize == 0):
+
+def _usable(query: Callable[[], bool]) -> bool:
+    """Not portable, and the CPU query already made: an op returning a bool cannot be traced,
+    so a trace that starts before the first query takes the portable path."""
+    if _portable_depth or (torch.jit.is_tracing() and query.cache_info().currsize == 0):  # type: ignore[attr-defined]
         return False
-    return _fast_cpu()
+    return query()
+
+
+def use_lut_kernel() -> bool:
+    """Route int8 activations through ``qat::lut_u8``? Only where it is faster: a VBMI CPU."""
+    return _usable(_fast_cpu)
+
+
+def use_channel_gate_kernel() -> bool:
+    """Run squeeze-and-excitation gates as ``qat::channel_gate_u8``? On AVX-512 (F, BW, VL) CPUs."""
+    return _usable(_gate_cpu)
 
 
 def lut_u8(x: Tensor, table: Tensor, scale: float, zero_point: int, simd: bool = True) -> Tensor:

@@ -25,6 +25,7 @@ from qat.quant.backend import (
     nnq,
     tq,
 )
+from qat.quant.channel_gate import fuse_channel_gates
 from qat.quant.convbn import fold_bn, use_fast_conv_bn
 from qat.quant.fast_int8 import use_fast_int8_kernels, weight_with_codes
 from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
@@ -310,6 +311,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     tq.convert(model, mapping=mapping, inplace=True)
     _clamp_int8_weights(model, cfg)
     use_fast_int8_kernels(model)
+    fuse_channel_gates(model)
     return model
 
 

@@ -1,0 +1,112 @@
+"""qat::channel_gate_u8: squeeze-and-excitation gates of a converted model as one int8 op."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from qat.nn import ConvModule2d, DeQuantStub, QuantStub, SqueezeExcite
+from qat.quant import calibrate, convert, portable_int8, prepare_calibration
+from qat.quant.channel_gate import FusedChannelGate
+from qat.quant.lut_kernel import lut_kernel_available, use_channel_gate_kernel
+
+needs_kernel = pytest.mark.skipif(not lut_kernel_available(), reason="qat's kernels could not be built here")
+
+
+class GateNet(nn.Module):
+    def __init__(self, channels: int, squeeze: int, act: str | nn.Module, gate: str) -> None:
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = ConvModule2d(3, channels, 3, padding=1, norm_layer="bn", act_layer="relu")
+        self.se = SqueezeExcite(channels, squeeze, act_layer=act, gate=gate)
+        self.dequant = DeQuantStub()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dequant(self.se(self.conv(self.quant(x))))
+
+
+def _int8(net: nn.Module, x: Tensor) -> nn.Module:
+    return convert(calibrate(prepare_calibration(net.eval()), [x]))
+
+
+def _gate_input(q: nn.Module, x: Tensor) -> Tensor:
+    seen: list[Tensor] = []
+    handle = q.se.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        q(x)
+    handle.remove()
+    return seen[0]
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "channels, squeeze, act, gate",
+    [
+        (20, 5, "relu", "hardsigmoid"),  # MobileNetV3; 20 and 5: partial 16-wide blocks and quads
+        (96, 24, "silu", "sigmoid"),  # EfficientNet: SiLU as a table of its own int8 form
+        (40, 10, "hardswish", "hardsigmoid"),
+    ],
+)
+def test_fused_gate_equals_the_op_chain(channels: int, squeeze: int, act: str, gate: str) -> None:
+    g = torch.Generator().manual_seed(channels)
+    x = torch.randn(2, 3, 7, 5, generator=g)  # batch 2, odd spatial sizes
+    q = _int8(GateNet(channels, squeeze, act, gate), x)
+    assert isinstance(q.se, FusedChannelGate), "convert() fuses a declared SqueezeExcite"
+    inp = _gate_input(q, x)
+    chain = q.se.chain(inp)
+    simd, scalar = q.se.fused(inp, simd=True), q.se.fused(inp, simd=False)
+    assert torch.equal(simd.int_repr(), scalar.int_repr()), "the SIMD and scalar loops agree exactly"
+    assert (simd.q_scale(), simd.q_zero_point()) == (chain.q_scale(), chain.q_zero_point())
+    diff = (simd.int_repr().int() - chain.int_repr().int()).abs()
+    # the pool's mean is exact here and a float sum in torch: a tie may round the other way
+    assert diff.max() <= 1 and (diff > 0).float().mean() <= 1e-3
+    assert simd.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+def test_model_output_with_and_without_the_kernel() -> None:
+    x = torch.randn(1, 3, 16, 16)
+    q = _int8(GateNet(64, 16, "relu", "hardsigmoid"), x)
+    with torch.no_grad():
+        fast = q(x)
+        with portable_int8():
+            slow = q(x)
+    assert torch.allclose(fast, slow, atol=1e-6)
+    assert [n for n, _ in q.se.named_children()] == ["pool", "reduce", "expand", "gate", "mul"], (
+        "the parts keep their names: the int8 state_dict is unchanged"
+    )
+
+
+@needs_kernel
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_portable_trace_has_no_gate_op() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    q = _int8(GateNet(32, 8, "relu", "hardsigmoid"), x)
+    with torch.no_grad():
+        with portable_int8():
+            portable = torch.jit.trace(q, x, check_trace=False)
+        fast = torch.jit.trace(q, x, check_trace=False)
+    assert "qat::channel_gate_u8" not in str(portable.inlined_graph)
+    assert ("qat::channel_gate_u8" in str(fast.inlined_graph)) == use_channel_gate_kernel()
+
+
+def test_gate_with_a_per_channel_activation_stays_unfused() -> None:
+    """A reduce activation that is not one table (PReLU, a slope per channel) keeps the op chain."""
+    x = torch.randn(1, 3, 8, 8)
+    net = GateNet(16, 8, nn.PReLU(8), "hardsigmoid")
+    with torch.no_grad():
+        net.se.reduce.act.weight.copy_(torch.linspace(0.05, 0.4, 8))
+    q = _int8(net, x)
+    assert isinstance(q.se, SqueezeExcite) and not isinstance(q.se, FusedChannelGate)
+    assert torch.isfinite(q(x)).all()
+
+
+@needs_kernel
+def test_bad_weights_name_the_layout() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    q = _int8(GateNet(16, 4, "relu", "hardsigmoid"), x)
+    args = list(q.se._args)
+    args[2] = args[2].to(torch.int16)
+    with pytest.raises(RuntimeError, match=r"w1 must be contiguous int8 \[ceil\(4/16\), ceil\(16/4\), 16, 4\]"):
+        torch.ops.qat.channel_gate_u8(_gate_input(q, x), *args, True)
