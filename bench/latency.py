@@ -14,9 +14,10 @@ names the CPU and whether it has VNNI, which bounds int8 speed-ups (see BENCHMAR
 
 ``--torchscript`` also times both models traced and frozen (fp32 also through
 ``torch.jit.optimize_for_inference``) and reports int8's deployed speed-up: its TorchScript form
-against the fastest of every fp32 form timed, with ``qat::lut_u8`` (int8 activations as a byte
-lookup, where the CPU has AVX-512 VBMI) and without it (``portable``: stock torch ops, what the
-exported ``model_int8.ts`` contains).
+against the fastest of every fp32 form timed, with qat's kernels (``qat::lut_u8``: int8
+activations as a byte lookup, on AVX-512 VBMI; ``qat::channel_gate_u8``: an SE gate in one call,
+on AVX-512 VNNI) and without them (``portable``: stock torch ops, what the exported
+``model_int8.ts`` contains).
 """
 
 from __future__ import annotations

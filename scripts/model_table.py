@@ -60,7 +60,7 @@ BENCHMARKS.md section 3 also times 2 threads and channels-last fp32. Where int8 
 
 - EfficientNet: SiLU has no int8 kernel; it runs as x * sigmoid(x), a sigmoid lookup (`qat::lut_u8`
   on AVX-512 VBMI CPUs, else dequantize -> sigmoid -> quantize) and an int8 multiply on every
-  expanded tensor, plus the SE gate's int8 multiply.
+  expanded tensor (the SE gates run as one fused op, `qat::channel_gate_u8`, on AVX-512 VNNI CPUs).
 - GhostNet, ShuffleNet V1/V2, Lite-HRNet, PP-LCNet, MobileNetV3-Small: many cheap ops (concat,
   channel split/shuffle, resize, pooling) whose int8 forms requantize or copy, and small
   convs where fbgemm's per-call activation packing and requantization outweigh the arithmetic.

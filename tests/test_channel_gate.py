@@ -110,3 +110,24 @@ def test_bad_weights_name_the_layout() -> None:
     args[2] = args[2].to(torch.int16)
     with pytest.raises(RuntimeError, match=r"w1 must be contiguous int8 \[ceil\(4/16\), ceil\(16/4\), 16, 4\]"):
         torch.ops.qat.channel_gate_u8(_gate_input(q, x), *args, True)
+
+
+@needs_kernel
+def test_loading_a_state_dict_refreshes_the_fused_gate() -> None:
+    """An int8 state loaded into another converted model (what rebuild_int8 does) reaches the
+    fused op: its arguments are re-read from the parts, not kept from the first convert."""
+    x = torch.randn(1, 3, 8, 8)
+    torch.manual_seed(1)
+    source = _int8(GateNet(32, 8, "relu", "hardsigmoid"), x)
+    torch.manual_seed(2)
+    target = _int8(GateNet(32, 8, "relu", "hardsigmoid"), torch.randn(1, 3, 8, 8) * 3)
+    for name, m in source.named_modules():
+        if isinstance(getattr(m, "scale", None), float) and not hasattr(m, "_packed_params"):
+            dst = target.get_submodule(name)
+            dst.scale, dst.zero_point = m.scale, m.zero_point
+    inp = _gate_input(source, x)
+    assert not torch.equal(target.se.fused(inp).int_repr(), source.se.fused(inp).int_repr())
+    target.load_state_dict(source.state_dict())
+    assert torch.equal(target.se.fused(inp).int_repr(), source.se.fused(inp).int_repr())
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))

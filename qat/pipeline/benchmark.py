@@ -106,7 +106,8 @@ def torchscript(model: nn.Module, example: Tensor, optimize: bool = False) -> nn
     At batch 1 an eager int8 model spends much of its time in Python between kernels (HENet
     TinyM: 5.9 ms eager, 3.7 ms traced, 2 threads), so deployed latency is TorchScript's.
     ``optimize`` adds ``torch.jit.optimize_for_inference`` (fp32: oneDNN weight layouts), often
-    fp32's fastest form. int8 activations keep ``qat::lut_u8`` where the CPU runs it fast.
+    fp32's fastest form. int8 keeps qat's kernels (``qat::lut_u8``, ``qat::channel_gate_u8``)
+    where the CPU runs them fast.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(

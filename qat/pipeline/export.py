@@ -57,7 +57,7 @@ def export_int8(
     """Write ``model_int8.ts`` and ``int8_state.pt`` under ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     int8_model = int8_model.eval()
-    # portable_int8: stock torch ops only, so the file loads without qat's table kernel.
+    # portable_int8: stock torch ops only, so the file loads without qat's kernels.
     with torch.no_grad(), warnings.catch_warnings(), portable_int8():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated")
         # qparams become constants of the traced graph, which is what an int8 deployment wants.
@@ -123,8 +123,9 @@ def rebuild_int8(payload: dict[str, Any]) -> nn.Module:
     with torch.no_grad():
         fake_quant(torch.zeros(1, *payload["input_shape"]))
     int8_model = convert(fake_quant)
-    int8_model.load_state_dict(payload["state_dict"])
     for name, (scale, zero_point) in payload["module_qparams"].items():
         module = int8_model.get_submodule(name) if name else int8_model
         module.scale, module.zero_point = scale, zero_point
+    # after the grids: fused layers (SE gates) re-read their parts when the state is loaded
+    int8_model.load_state_dict(payload["state_dict"])
     return int8_model.eval()

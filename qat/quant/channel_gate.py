@@ -85,19 +85,53 @@ def _symmetric_int8(conv: nnq.Conv2d) -> bool:
     return w.q_zero_point() == 0
 
 
+def _fused_args(parts: dict[str, nn.Module | None]) -> tuple | None:
+    """The fused op's arguments read from converted SE parts, or None when one of them has no
+    exact fused equivalent."""
+    pool, mul = parts["pool"], getattr(parts["mul"], "op", parts["mul"])  # qat.nn.Mul wraps a QFunctional
+    if not (
+        isinstance(pool, QuantizedRequant)
+        and isinstance(pool.fn, nn.AdaptiveAvgPool2d)
+        and pool.fn.output_size in (1, (1, 1))
+        and isinstance(getattr(mul, "scale", None), float)
+    ):
+        return None
+    conv1, conv2 = _pointwise_conv(parts["reduce"]), _pointwise_conv(parts["expand"])
+    if conv1 is None or conv2 is None or not (_symmetric_int8(conv1) and _symmetric_int8(conv2)):
+        return None
+    mid = _elementwise_table(parts["reduce"].act, conv1.scale, conv1.zero_point)
+    expanded = _elementwise_table(parts["expand"].act, conv2.scale, conv2.zero_point)
+    gate = None if expanded is None else _elementwise_table(parts["gate"], *expanded[1:])
+    if mid is None or expanded is None or gate is None:
+        return None
+    table1, mid_scale, mid_zp = mid
+    table2, gate_scale, gate_zp = gate[0][expanded[0].long()].contiguous(), gate[1], gate[2]
+    w1, r1, b1, m1, z1, lo1 = _conv_args(conv1, pool.scale)
+    w2, r2, b2, m2, z2, lo2 = _conv_args(conv2, mid_scale)
+    if lo2:  # a ReLU fused into the expand conv: fold its clamp into the gate table
+        table2 = table2[torch.arange(256).clamp(min=lo2)].contiguous()
+    gate_values = _all_codes(gate_scale, gate_zp).dequantize().flatten().contiguous()
+    args = (pool.scale, pool.zero_point, w1, r1, b1, m1, z1, lo1, table1, mid_zp)
+    return args + (w2, r2, b2, m2, z2, table2, gate_values, float(mul.scale), int(mul.zero_point))
+
+
 class FusedChannelGate(nn.Module):
     """A converted squeeze-and-excitation block that runs as ``qat::channel_gate_u8`` when it can.
 
     Build it with :meth:`from_converted`; the parts stay children under their own names, run
     one after another when the kernel is not used (no compiler, ``portable_int8()``, a CPU
-    without AVX-512, a non-quint8 input).
+    without AVX-512 VNNI, a non-quint8 input). The op's arguments are read from the parts, again
+    after every ``load_state_dict``; call :meth:`refresh` after changing a part's attributes by hand.
     """
+
+    int8_fused = "channel_gate"
 
     def __init__(self, parts: dict[str, nn.Module], args: tuple) -> None:
         super().__init__()
         for name in _PARTS:
             self.add_module(name, parts[name])
-        self._args = args
+        self._args: tuple | None = args
+        self.register_load_state_dict_post_hook(lambda module, _: module.refresh())
         use_channel_gate_kernel()  # build and query the kernel now, not inside a later trace
 
     @classmethod
@@ -105,36 +139,18 @@ class FusedChannelGate(nn.Module):
         """The fused form of a converted block declaring ``int8_fused = "channel_gate"``, or None
         when one of its parts has no exact fused equivalent (then the block stays as it is)."""
         parts = {name: getattr(block, name, None) for name in _PARTS}
-        pool, mul = parts["pool"], getattr(parts["mul"], "op", parts["mul"])  # qat.nn.Mul wraps a QFunctional
-        if not (
-            isinstance(pool, QuantizedRequant)
-            and isinstance(pool.fn, nn.AdaptiveAvgPool2d)
-            and pool.fn.output_size in (1, (1, 1))
-            and isinstance(getattr(mul, "scale", None), float)
-        ):
-            return None
-        conv1, conv2 = _pointwise_conv(parts["reduce"]), _pointwise_conv(parts["expand"])
-        if conv1 is None or conv2 is None or not (_symmetric_int8(conv1) and _symmetric_int8(conv2)):
-            return None
-        mid = _elementwise_table(parts["reduce"].act, conv1.scale, conv1.zero_point)
-        expanded = _elementwise_table(parts["expand"].act, conv2.scale, conv2.zero_point)
-        gate = None if expanded is None else _elementwise_table(parts["gate"], *expanded[1:])
-        if mid is None or expanded is None or gate is None:
-            return None
-        table1, mid_scale, mid_zp = mid
-        table2, gate_scale, gate_zp = gate[0][expanded[0].long()].contiguous(), gate[1], gate[2]
-        w1, r1, b1, m1, z1, lo1 = _conv_args(conv1, pool.scale)
-        w2, r2, b2, m2, z2, lo2 = _conv_args(conv2, mid_scale)
-        if lo2:  # a ReLU fused into the expand conv: fold its clamp into the gate table
-            table2 = table2[torch.arange(256).clamp(min=lo2)].contiguous()
-        gate_values = _all_codes(gate_scale, gate_zp).dequantize().flatten().contiguous()
-        args = (pool.scale, pool.zero_point, w1, r1, b1, m1, z1, lo1, table1, mid_zp)
-        args += (w2, r2, b2, m2, z2, table2, gate_values, float(mul.scale), int(mul.zero_point))
-        return cls(parts, args)
+        args = _fused_args(parts)
+        return None if args is None else cls(parts, args)
+
+    def refresh(self) -> None:
+        """Re-read the op's arguments from the parts (the chain runs if they stop fitting it)."""
+        self._args = _fused_args({name: getattr(self, name) for name in _PARTS})
 
     def forward(self, x: Tensor) -> Tensor:
-        fusable = x.dtype == torch.quint8 and x.dim() == 4 and x.qscheme() == torch.per_tensor_affine
-        return self.fused(x) if fusable and use_channel_gate_kernel() else self.chain(x)
+        fusable = self._args is not None and x.dtype == torch.quint8 and x.dim() == 4
+        if fusable and x.qscheme() == torch.per_tensor_affine and use_channel_gate_kernel():
+            return self.fused(x)
+        return self.chain(x)
 
     def chain(self, x: Tensor) -> Tensor:
         """The parts one after another: stock torch ops."""
@@ -142,6 +158,8 @@ class FusedChannelGate(nn.Module):
 
     def fused(self, x: Tensor, simd: bool = True) -> Tensor:
         """The fused op; ``simd=False`` forces its scalar loops (tests compare both)."""
+        if self._args is None:
+            raise RuntimeError("this gate's parts no longer fit qat::channel_gate_u8; call chain()")
         return torch.ops.qat.channel_gate_u8(x, *self._args, simd)
 
     def extra_repr(self) -> str:
@@ -152,7 +170,9 @@ def fuse_channel_gates(model: nn.Module) -> nn.Module:
     """Swap every block of a converted model that declares ``int8_fused = "channel_gate"`` for its
     :class:`FusedChannelGate`, in place."""
     for name, m in list(model.named_modules()):
-        if name and getattr(m, "int8_fused", None) == "channel_gate":
+        if isinstance(m, FusedChannelGate):
+            m.refresh()
+        elif name and getattr(m, "int8_fused", None) == "channel_gate":
             fused = FusedChannelGate.from_converted(m)
             if fused is not None:
                 parent, _, leaf = name.rpartition(".")

@@ -112,7 +112,7 @@ class QuantizedLUT(_Requantized):
 
     def __init__(self, fn: nn.Module, scale: float, zero_point: int) -> None:
         super().__init__(fn, scale, zero_point)
-        self._raw_tables: dict[tuple[torch.dtype, float, int], Tensor] = {}
+        self._raw_tables: dict[tuple[torch.dtype, float, int, float, int], Tensor] = {}
         use_lut_kernel()  # build and query the kernel now, not inside a later trace
 
     @property
@@ -129,8 +129,9 @@ class QuantizedLUT(_Requantized):
         return torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8).int_repr()
 
     def raw_table(self, x: Tensor) -> Tensor:
-        """:meth:`table` indexed by the stored byte instead (qint8 code -1 is byte 255); cached per grid."""
-        key = (x.dtype, x.q_scale(), x.q_zero_point())
+        """:meth:`table` indexed by the stored byte instead (qint8 code -1 is byte 255); cached per
+        input and output grid."""
+        key = (x.dtype, x.q_scale(), x.q_zero_point(), self.scale, self.zero_point)
         if key not in self._raw_tables:
             table = self.table(x)
             self._raw_tables[key] = table.roll(128) if x.dtype == torch.qint8 else table
