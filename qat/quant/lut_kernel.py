@@ -6,7 +6,7 @@ CPUs with AVX-512 VBMI it looks up 64 codes per two instructions (7.6 µs on a 1
 against 105 µs for dequantize → exact GELU → quantize, 2 threads). ``csrc/channel_gate_u8.cpp``
 runs a whole squeeze-and-excitation gate (pool, two 1×1 convs, activation tables, multiply) as
 one call where torch needs seven (:mod:`qat.quant.channel_gate`). Both are compiled once with
-torch's ``cpp_extension`` (about 10 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
+torch's ``cpp_extension`` (about 7 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``) the first time ``convert`` builds an int8 activation.
 
 Nothing depends on them: without a compiler, without the AVX-512 they are written for, with
@@ -74,8 +74,10 @@ def lut_kernel_available() -> bool:
             load(
                 name="qat_int8_kernels",
                 sources=[str(p) for p in _SOURCES],
-                # no fused multiply-adds: the kernels round where torch's op chains round
-                extra_cflags=["-O3", "-ffp-contract=off"],
+                # no fused multiply-adds: the kernels round where torch's op chains round;
+                # OpenMP: at::parallel_for runs on torch's own threads (the libgomp torch loaded)
+                extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
                 is_python_module=False,
             )
         return True

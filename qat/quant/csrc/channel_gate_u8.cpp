@@ -10,7 +10,9 @@
 //   does with a float bias: round((acc + bias / (s_in * s_w)) * (s_in * s_w / s_out)) + zp, then clamped;
 // - t1/t2: 256-entry tables (the reduce activation, the gate) evaluated by the int8 modules;
 // - the multiply: (x - zx) * sx * gate[c], times 1 / s_out, rounded half to even.
-// Built with -ffp-contract=off so no multiply-add fuses into a differently rounded FMA.
+// Built with -ffp-contract=off so no multiply-add fuses into a differently rounded FMA, and with
+// -fopenmp so at::parallel_for shares torch's OpenMP threads.
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_empty_affine_quantized.h>
 #include <immintrin.h>
@@ -177,34 +179,33 @@ at::Tensor channel_gate_u8(const at::Tensor& qx, double pool_scale, int64_t pool
   const auto* gv = gate_values.const_data_ptr<float>();
   const float *b1 = bias1.const_data_ptr<float>(), *m1 = mult1.const_data_ptr<float>();
   const float *b2 = bias2.const_data_ptr<float>(), *m2 = mult2.const_data_ptr<float>();
-  std::vector<int32_t> sums(channels), acc(std::max(w1.size(0), w2.size(0)) * 16);
-  std::vector<uint8_t> a1(w1.size(1) * 4, 0), a2(w2.size(1) * 4, 0);
   const auto matvec = vector ? matvec_vnni : matvec_scalar;
-  std::vector<float> gate(channels);
-  for (int64_t b = 0; b < n; ++b) {
-    const auto* xb = static_cast<const uint8_t*>(x.const_data_ptr()) + b * hw * channels;
-    auto* yb = static_cast<uint8_t*>(out.data_ptr()) + b * hw * channels;
-    (vector ? pool_avx512 : pool_scalar)(xb, sums.data(), hw, channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      const double mean = static_cast<double>(sums[c] - zx * hw) * sx / static_cast<double>(hw);
-      const int64_t q = round_even(static_cast<float>(mean) * inv_pool) + pool_zp;
-      a1[c] = static_cast<uint8_t>(std::min<int64_t>(255, std::max<int64_t>(0, q)));
+  const auto* x0 = static_cast<const uint8_t*>(x.const_data_ptr());
+  auto* y0 = static_cast<uint8_t*>(out.data_ptr());
+  // Images in parallel (batch 1 runs inline: its ~100k codes take a few microseconds, less than
+  // a parallel region costs).
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> sums(channels), acc(std::max(w1.size(0), w2.size(0)) * 16);
+    std::vector<uint8_t> a1(w1.size(1) * 4, 0), a2(w2.size(1) * 4, 0);
+    std::vector<float> gate(channels);
+    for (int64_t b = begin; b < end; ++b) {
+      const uint8_t* xb = x0 + b * hw * channels;
+      (vector ? pool_avx512 : pool_scalar)(xb, sums.data(), hw, channels);
+      for (int64_t c = 0; c < channels; ++c) {
+        const double mean = static_cast<double>(sums[c] - zx * hw) * sx / static_cast<double>(hw);
+        const int64_t q = round_even(static_cast<float>(mean) * inv_pool) + pool_zp;
+        a1[c] = static_cast<uint8_t>(std::min<int64_t>(255, std::max<int64_t>(0, q)));
+      }
+      matvec(w1.const_data_ptr<int8_t>(), a1.data(), rowsum1.const_data_ptr<int32_t>(),
+             static_cast<int32_t>(pool_zp), acc.data(), w1.size(0), w1.size(1));
+      for (int64_t s = 0; s < squeeze; ++s) a2[s] = t1[requant(acc[s], b1[s], m1[s], zp1, lo1)];
+      matvec(w2.const_data_ptr<int8_t>(), a2.data(), rowsum2.const_data_ptr<int32_t>(),
+             static_cast<int32_t>(mid_zp), acc.data(), w2.size(0), w2.size(1));
+      for (int64_t c = 0; c < channels; ++c) gate[c] = gv[t2[requant(acc[c], b2[c], m2[c], zp2, 0)]];
+      (vector ? scale_avx512 : scale_scalar)(xb, y0 + b * hw * channels, hw, channels, gate.data(), zx, sx, inv_out,
+                                             static_cast<int32_t>(zero_point));
     }
-    matvec(w1.const_data_ptr<int8_t>(), a1.data(), rowsum1.const_data_ptr<int32_t>(), static_cast<int32_t>(pool_zp),
-           acc.data(), w1.size(0), w1.size(1));
-    for (int64_t s = 0; s < squeeze; ++s) {
-      const uint8_t code = requant(acc[s], b1[s], m1[s], zp1, lo1);
-      a2[s] = t1[code];
-    }
-    matvec(w2.const_data_ptr<int8_t>(), a2.data(), rowsum2.const_data_ptr<int32_t>(), static_cast<int32_t>(mid_zp),
-           acc.data(), w2.size(0), w2.size(1));
-    for (int64_t c = 0; c < channels; ++c) {
-      gate[c] = gv[t2[requant(acc[c], b2[c], m2[c], zp2, 0)]];
-    }
-    // One thread: at most ~100k codes here, a few microseconds, less than a parallel region costs.
-    (vector ? scale_avx512 : scale_scalar)(xb, yb, hw, channels, gate.data(), zx, sx, inv_out,
-                                           static_cast<int32_t>(zero_point));
-  }
+  });
   return out;
 }
 
