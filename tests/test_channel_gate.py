@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from qat.nn import ConvModule2d, DeQuantStub, QuantStub, SqueezeExcite
@@ -62,6 +66,31 @@ def test_fused_gate_equals_the_op_chain(channels: int, squeeze: int, act: str, g
     # the pool's mean is exact here and a float sum in torch: a tie may round the other way
     assert diff.max() <= 1 and (diff > 0).float().mean() <= 1e-3
     assert simd.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+@settings(max_examples=15, deadline=None)
+@given(
+    channels=st.integers(1, 70),
+    squeeze=st.integers(1, 40),
+    batch=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    spread=st.floats(0.1, 10.0),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_gate_on_any_sizes(
+    channels: int, squeeze: int, batch: int, h: int, w: int, spread: float, seed: int
+) -> None:
+    """Any channel and squeeze count (partial blocks, quads of one), batch and map size, input range."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, h, w, generator=g) * spread
+    q = _int8(GateNet(channels, squeeze, "relu", "hardsigmoid"), x)
+    inp = _gate_input(q, x)
+    chain, fused = q.se.chain(inp).int_repr().int(), q.se.fused(inp).int_repr().int()
+    assert torch.equal(fused, q.se.fused(inp, simd=False).int_repr().int())
+    diff = (fused - chain).abs()
+    assert diff.max() <= 1 and int((diff > 0).sum()) <= max(1, diff.numel() // 1000)
 
 
 @needs_kernel
@@ -131,3 +160,15 @@ def test_loading_a_state_dict_refreshes_the_fused_gate() -> None:
     assert torch.equal(target.se.fused(inp).int_repr(), source.se.fused(inp).int_repr())
     with torch.no_grad():
         assert torch.equal(target(x), source(x))
+
+
+@needs_kernel
+def test_fused_model_deep_copies() -> None:
+    """(Whole-model pickling is not an option for any torch int8 model: its quantized convs do not
+    unpickle; the pipeline exports a state_dict and TorchScript.)"""
+    x = torch.randn(1, 3, 8, 8)
+    q = _int8(GateNet(24, 8, "relu", "hardsigmoid"), x)
+    copied = copy.deepcopy(q)
+    assert copied.se._args is not q.se._args
+    with torch.no_grad():
+        assert torch.equal(copied(x), q(x))

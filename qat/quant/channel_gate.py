@@ -115,6 +115,10 @@ def _fused_args(parts: dict[str, nn.Module | None]) -> tuple | None:
     return args + (w2, r2, b2, m2, z2, table2, gate_values, float(mul.scale), int(mul.zero_point))
 
 
+def _refresh_after_load(module: FusedChannelGate, incompatible_keys: object) -> None:
+    module.refresh()
+
+
 class FusedChannelGate(nn.Module):
     """A converted squeeze-and-excitation block that runs as ``qat::channel_gate_u8`` when it can.
 
@@ -131,7 +135,7 @@ class FusedChannelGate(nn.Module):
         for name in _PARTS:
             self.add_module(name, parts[name])
         self._args: tuple | None = args
-        self.register_load_state_dict_post_hook(lambda module, _: module.refresh())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
         use_channel_gate_kernel()  # build and query the kernel now, not inside a later trace
 
     @classmethod
