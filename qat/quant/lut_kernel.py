@@ -7,7 +7,7 @@ against 105 µs for dequantize → exact GELU → quantize, 2 threads). ``csrc/c
 runs a whole squeeze-and-excitation gate (pool, two 1×1 convs, activation tables, multiply) as
 one call where torch needs seven (:mod:`qat.quant.channel_gate`). Both are compiled once with
 torch's ``cpp_extension`` (about 7 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``) the first time ``convert`` builds an int8 activation.
+``~/.cache/torch_extensions``) the first time ``convert`` builds an int8 activation or SE gate.
 
 Nothing depends on them: without a compiler, without the AVX-512 they are written for, with
 ``QAT_LUT_KERNEL=0``, or inside :func:`portable_int8`, the same layers run as stock torch ops.
@@ -131,7 +131,7 @@ def use_lut_kernel() -> bool:
 
 
 def use_channel_gate_kernel() -> bool:
-    """Run squeeze-and-excitation gates as ``qat::channel_gate_u8``? On AVX-512 (F, BW, VL) CPUs."""
+    """Run squeeze-and-excitation gates as ``qat::channel_gate_u8``? On AVX-512 VNNI CPUs."""
     return _usable(_gate_cpu)
 
 
