@@ -30,8 +30,8 @@ class GateNet(nn.Module):
         return self.dequant(self.se(self.conv(self.quant(x))))
 
 
-def _int8(net: nn.Module, x: Tensor) -> nn.Module:
-    return convert(calibrate(prepare_calibration(net.eval()), [x]))
+def _int8(net: nn.Module, x: Tensor, target: str = "x86") -> nn.Module:
+    return convert(calibrate(prepare_calibration(net.eval(), target), [x]))
 
 
 def _gate_input(q: nn.Module, x: Tensor) -> Tensor:
@@ -129,6 +129,20 @@ def test_gate_with_a_per_channel_activation_stays_unfused() -> None:
     q = _int8(net, x)
     assert isinstance(q.se, SqueezeExcite) and not isinstance(q.se, FusedChannelGate)
     assert torch.isfinite(q(x)).all()
+
+
+def test_arm_target_keeps_the_op_chain() -> None:
+    """The op reproduces fbgemm's requantization; a model converted for qnnpack keeps its own."""
+    if "qnnpack" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no qnnpack engine in this torch build")
+    engine = torch.backends.quantized.engine
+    try:
+        x = torch.randn(1, 3, 8, 8)
+        q = _int8(GateNet(16, 8, "relu", "hardsigmoid"), x, target="arm")
+        assert type(q.se) is SqueezeExcite
+        assert torch.isfinite(q(x)).all()
+    finally:
+        torch.backends.quantized.engine = engine
 
 
 @needs_kernel

@@ -170,9 +170,16 @@ class FusedChannelGate(nn.Module):
         return "qat::channel_gate_u8 where available"
 
 
+#: Engines whose 1×1 convs the op reproduces (fbgemm's float-bias requantization); qnnpack rounds
+#: differently, so models converted for it keep the op chain.
+_ENGINES = ("x86", "fbgemm")
+
+
 def fuse_channel_gates(model: nn.Module) -> nn.Module:
     """Swap every block of a converted model that declares ``int8_fused = "channel_gate"`` for its
-    :class:`FusedChannelGate`, in place."""
+    :class:`FusedChannelGate`, in place, when the quantized engine is x86/fbgemm."""
+    if torch.backends.quantized.engine not in _ENGINES:
+        return model
     for name, m in list(model.named_modules()):
         if isinstance(m, FusedChannelGate):
             m.refresh()
