@@ -2,9 +2,10 @@
 
 Per op, the int8 model must equal the fake-quant model it was converted from, up to float32
 rounding near-ties (127.4999 vs 127.5): ``replay_ops`` feeds each int8 op its own int8 inputs
-through the matching fake-quant op. Measured over the zoo at 32x32 (tests/test_models.py's cases,
-BN folded): at most 11 differing elements in 9.7 M (EfficientNet-B7), one grid step each, on an
-AVX-512 VNNI EPYC (2026-11-30); at most 4 in 2.3 M on an AVX2 one. At the output of a deep
+through the matching fake-quant op (a fused SE gate as a whole: its parts do not run). Measured over
+the zoo at 32x32 (tests/test_models.py's cases, BN folded): at most 10 differing elements in 8.9 M
+(EfficientNet-B7), one grid step each, on an AVX-512 VNNI EPYC (2026-11-30, gates fused); at most 4
+in 2.3 M on an AVX2 one. At the output of a deep
 random-init net one such flip can spread (measured up to 0.116 rel_l2 on ESPNet-C, 0.076 on
 HENet on the AVX2 machine), hence the looser output bound.
 """

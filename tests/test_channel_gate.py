@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from qat.nn import ConvModule2d, DeQuantStub, QuantStub, SqueezeExcite
-from qat.quant import calibrate, convert, portable_int8, prepare_calibration
+from qat.quant import (
+    calibrate,
+    convert,
+    disable_observer,
+    enable_fake_quant,
+    portable_int8,
+    prepare_calibration,
+    replay_ops,
+)
 from qat.quant.channel_gate import FusedChannelGate
 from qat.quant.lut_kernel import lut_kernel_available, use_channel_gate_kernel
 
@@ -91,6 +99,24 @@ def test_fused_gate_on_any_sizes(
     assert torch.equal(fused, q.se.fused(inp, simd=False).int_repr().int())
     diff = (fused - chain).abs()
     assert diff.max() <= 1 and int((diff > 0).sum()) <= max(1, diff.numel() // 1000)
+
+
+@needs_kernel
+def test_replay_ops_compares_the_fused_gate_as_one_op() -> None:
+    """Its parts do not run when fused, so the per-op check replays the whole fake-quant SE on its
+    int8 input: equal up to near-ties, and a wrong fused argument shows."""
+    x = torch.randn(2, 3, 8, 8)
+    fq = calibrate(prepare_calibration(GateNet(32, 8, "relu", "hardsigmoid").eval()), [x])
+    q = convert(fq)
+    enable_fake_quant(disable_observer(fq))
+    assert isinstance(q.se, FusedChannelGate)
+    ok = replay_ops(fq, q, x)
+    assert ok["worst_steps"] <= 1.0 + 1e-3 and ok["mismatched"] <= 1e-3 * ok["compared"], ok
+    args = list(q.se._args)
+    args[16] = args[16].flip(0).contiguous()  # the gate table, reversed
+    q.se._args = tuple(args)
+    broken = replay_ops(fq, q, x)
+    assert broken["worst_op"] == "se" and broken["worst_steps"] > 1, broken
 
 
 @needs_kernel

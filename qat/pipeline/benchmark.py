@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from qat.quant import calibrate, collect_patterns, convert, prepare_calibration
+from qat.quant.fuse import replace_module
 
 __all__ = [
     "channels_last",
@@ -58,12 +59,6 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buf.getbuffer().nbytes
 
 
-def _set(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, new)
-
-
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of a float model with every declared conv→BN pair folded into the conv.
@@ -76,8 +71,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         for conv_path, bn_path in zip(pattern, pattern[1:]):
             conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
             if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d:
-                _set(model, conv_path, fuse_conv_bn_eval(conv, bn))
-                _set(model, bn_path, nn.Identity())
+                replace_module(model, conv_path, fuse_conv_bn_eval(conv, bn))
+                replace_module(model, bn_path, nn.Identity())
     return model
 
 

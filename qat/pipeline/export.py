@@ -1,6 +1,6 @@
 """Export of the real int8 model, and rebuilding it from the exported state.
 
-``int8/model_int8.ts`` is a traced TorchScript module: ``torch.jit.load`` runs it with plain
+``int8/model_int8.ts`` is a traced, frozen TorchScript module: ``torch.jit.load`` runs it with plain
 torch (no ``qat`` import). ``int8/int8_state.pt`` holds the int8 ``state_dict`` plus the
 resolved run config; :func:`rebuild_int8` replays create_model → prepare → convert and loads it.
 """
@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
+from qat.pipeline.benchmark import torchscript
 from qat.pipeline.errors import CheckpointError
 from qat.pipeline.plan import QuantPlan
 from qat.quant import convert, get_qconfig, portable_int8, prepare_calibration
@@ -57,12 +58,10 @@ def export_int8(
     """Write ``model_int8.ts`` and ``int8_state.pt`` under ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     int8_model = int8_model.eval()
-    # portable_int8: stock torch ops only, so the file loads without qat's kernels.
-    with torch.no_grad(), warnings.catch_warnings(), portable_int8():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated")
-        # qparams become constants of the traced graph, which is what an int8 deployment wants.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        traced = torch.jit.trace(int8_model, example_input, check_trace=False)
+    # portable_int8: stock torch ops only, so the file loads without qat's kernels. The frozen
+    # trace is the form bench/latency.py times; qparams become constants of its graph.
+    with portable_int8():
+        traced = torchscript(int8_model, example_input)
     ts_path = out_dir / TORCHSCRIPT
     traced.save(str(ts_path))
     state = int8_model.state_dict()

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qat.quant.backend import nniq, nnq
+from qat.quant.fast_int8 import is_per_channel, symmetric_weight
+from qat.quant.fuse import replace_module
 from qat.quant.int8_ops import QuantizedRequant
 from qat.quant.lut_kernel import use_channel_gate_kernel
 
@@ -59,7 +61,7 @@ def _conv_args(conv: nnq.Conv2d, in_scale: float) -> tuple[Tensor, Tensor, Tenso
     zero-padded.
     """
     w = conv.weight()
-    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+    if is_per_channel(w):
         w_scale = w.q_per_channel_scales().float()
     else:
         w_scale = torch.full((w.shape[0],), w.q_scale(), dtype=torch.float32)
@@ -76,15 +78,6 @@ def _conv_args(conv: nnq.Conv2d, in_scale: float) -> tuple[Tensor, Tensor, Tenso
     return packed, row_sums, (bias / act_times_w).contiguous(), mult.contiguous(), int(conv.zero_point), floor
 
 
-def _symmetric_int8(conv: nnq.Conv2d) -> bool:
-    w = conv.weight()
-    if w.dtype != torch.qint8:
-        return False
-    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        return bool((w.q_per_channel_zero_points() == 0).all())
-    return w.q_zero_point() == 0
-
-
 def _fused_args(parts: dict[str, nn.Module | None]) -> tuple | None:
     """The fused op's arguments read from converted SE parts, or None when one of them has no
     exact fused equivalent."""
@@ -97,7 +90,7 @@ def _fused_args(parts: dict[str, nn.Module | None]) -> tuple | None:
     ):
         return None
     conv1, conv2 = _pointwise_conv(parts["reduce"]), _pointwise_conv(parts["expand"])
-    if conv1 is None or conv2 is None or not (_symmetric_int8(conv1) and _symmetric_int8(conv2)):
+    if conv1 is None or conv2 is None or not all(symmetric_weight(c.weight()) for c in (conv1, conv2)):
         return None
     mid = _elementwise_table(parts["reduce"].act, conv1.scale, conv1.zero_point)
     expanded = _elementwise_table(parts["expand"].act, conv2.scale, conv2.zero_point)
@@ -128,7 +121,8 @@ class FusedChannelGate(nn.Module):
     after every ``load_state_dict``; call :meth:`refresh` after changing a part's attributes by hand.
     """
 
-    int8_fused = "channel_gate"
+    #: One op to comparisons such as ``qat.quant.replay_ops``: its parts do not run when it is fused.
+    int8_composite = True
 
     def __init__(self, parts: dict[str, nn.Module], args: tuple) -> None:
         super().__init__()
@@ -153,7 +147,7 @@ class FusedChannelGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         fusable = self._args is not None and x.dtype == torch.quint8 and x.dim() == 4
         if fusable and x.qscheme() == torch.per_tensor_affine and use_channel_gate_kernel():
-            return self.fused(x)
+            return torch.ops.qat.channel_gate_u8(x, *self._args, True)
         return self.chain(x)
 
     def chain(self, x: Tensor) -> Tensor:
@@ -181,11 +175,8 @@ def fuse_channel_gates(model: nn.Module) -> nn.Module:
     if torch.backends.quantized.engine not in _ENGINES:
         return model
     for name, m in list(model.named_modules()):
-        if isinstance(m, FusedChannelGate):
-            m.refresh()
-        elif name and getattr(m, "int8_fused", None) == "channel_gate":
+        if name and getattr(m, "int8_fused", None) == "channel_gate":
             fused = FusedChannelGate.from_converted(m)
             if fused is not None:
-                parent, _, leaf = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, leaf, fused)
+                replace_module(model, name, fused)
     return model

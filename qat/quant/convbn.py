@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from qat.quant.backend import nniqat, nnqat
+from qat.quant.fuse import replace_module
 
 __all__ = ["CONV_BN_QAT", "fold_bn", "use_fast_conv_bn"]
 
@@ -109,7 +110,5 @@ def fold_bn(model: nn.Module) -> nn.Module:
     """
     targets = [(name, m) for name, m in model.named_modules() if type(m) in _FOLDED]
     for name, module in targets:
-        parent_path, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, leaf, _folded(module))
+        replace_module(model, name, _folded(module))
     return model

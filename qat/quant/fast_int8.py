@@ -24,8 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from qat.quant.backend import QFunctional, nnq
+from qat.quant.fuse import replace_module
 
-__all__ = ["FastQFunctional", "SplitDepthwiseConv2d", "use_fast_int8_kernels", "weight_with_codes"]
+__all__ = [
+    "FastQFunctional",
+    "SplitDepthwiseConv2d",
+    "is_per_channel",
+    "symmetric_weight",
+    "use_fast_int8_kernels",
+    "weight_with_codes",
+]
 
 
 def use_fast_int8_kernels(model: nn.Module) -> nn.Module:
@@ -36,14 +44,19 @@ def use_fast_int8_kernels(model: nn.Module) -> nn.Module:
     return model
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+def is_per_channel(w: Tensor) -> bool:
+    return w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+
+
+def symmetric_weight(w: Tensor) -> bool:
+    """A qint8 weight whose code 0 is weight 0 (every zero point 0)."""
+    zero_points = w.q_per_channel_zero_points() if is_per_channel(w) else torch.tensor([w.q_zero_point()])
+    return w.dtype == torch.qint8 and not bool(zero_points.any())
 
 
 def weight_with_codes(w: Tensor, codes: Tensor, channels: slice = slice(None)) -> Tensor:
     """A quantized weight with integer ``codes`` and the grid of ``w`` (per channel: its ``channels``)."""
-    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+    if is_per_channel(w):
         return torch._make_per_channel_quantized_tensor(
             codes, w.q_per_channel_scales()[channels], w.q_per_channel_zero_points()[channels], w.q_per_channel_axis()
         )
@@ -73,9 +86,7 @@ def _square_depthwise_kernels(model: nn.Module) -> None:
         if kh == kw or k not in _FAST_DEPTHWISE or (k - kh) % 2 or (k - kw) % 2:
             continue
         w = m.weight()
-        per_channel = w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
-        zero_points = w.q_per_channel_zero_points() if per_channel else torch.tensor([w.q_zero_point()])
-        if zero_points.any():  # code 0 would not be weight 0
+        if not symmetric_weight(w):  # code 0 would not be weight 0
             continue
         ah, aw = (k - kh) // 2, (k - kw) // 2
         m.kernel_size, m.padding = (k, k), (ph + ah * dh, pw + aw * dw)
@@ -134,7 +145,7 @@ def _split_depthwise_channels(model: nn.Module) -> None:
         c = getattr(m, "out_channels", 0)
         if not name or not _is_depthwise(m) or c % _DEPTHWISE_CHANNEL_MULTIPLE == 0 or c <= _ANY_CHANNELS:
             continue
-        _replace(model, name, SplitDepthwiseConv2d(m, c - c % _DEPTHWISE_CHANNEL_MULTIPLE))
+        replace_module(model, name, SplitDepthwiseConv2d(m, c - c % _DEPTHWISE_CHANNEL_MULTIPLE))
 
 
 def _aligned(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,4 +180,4 @@ def _align_elementwise_layouts(model: nn.Module) -> None:
         if name and type(m) is QFunctional:
             new = FastQFunctional()
             new.scale, new.zero_point = m.scale, m.zero_point
-            _replace(model, name, new)
+            replace_module(model, name, new)

@@ -18,7 +18,7 @@ from torch import nn
 
 from qat.quant.backend import tq
 
-__all__ = ["RELU6_QPARAMS", "collect_patterns", "fuse_model"]
+__all__ = ["RELU6_QPARAMS", "collect_patterns", "fuse_model", "replace_module"]
 
 RELU6_QPARAMS = (6.0 / 255.0, 0)
 FIXED_QPARAMS_ATTR = "qat_fixed_qparams"
@@ -81,7 +81,8 @@ def collect_patterns(model: nn.Module) -> list[list[str]]:
     return unique
 
 
-def _set(model: nn.Module, path: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` where ``model``'s submodule ``path`` is."""
     parent_path, _, leaf = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, leaf, new)
@@ -98,7 +99,7 @@ def fuse_model(model: nn.Module) -> nn.Module:
             if not targets or type(mods[-2]) not in (nn.Conv2d, nn.BatchNorm2d):
                 raise ValueError(f"fusion pattern {pattern}: {pattern[-1]} must follow a Conv2d or BatchNorm2d")
             mods[-1].fold_into(mods[-2])
-            _set(model, pattern[-1], nn.Identity())
+            replace_module(model, pattern[-1], nn.Identity())
             pattern, mods = pattern[:-1], mods[:-1]
         keep = [(p, m) for p, m in zip(pattern, mods) if not isinstance(m, nn.Identity)]
         if len(keep) < 2:
@@ -106,7 +107,7 @@ def fuse_model(model: nn.Module) -> nn.Module:
         pattern = [p for p, _ in keep]
         types = tuple(type(m) for _, m in keep)
         if types[-1] is nn.ReLU6 and types[:-1] in {(nn.Conv2d, nn.BatchNorm2d), (nn.Conv2d,)}:
-            _set(model, pattern[-1], nn.ReLU(inplace=False))
+            replace_module(model, pattern[-1], nn.ReLU(inplace=False))
             relu6_heads.append(pattern[0])
             types = (*types[:-1], nn.ReLU)
         if types not in _TORCH_FUSABLE:

@@ -28,7 +28,7 @@ from qat.quant.backend import (
 from qat.quant.channel_gate import fuse_channel_gates
 from qat.quant.convbn import fold_bn, use_fast_conv_bn
 from qat.quant.fast_int8 import use_fast_int8_kernels, weight_with_codes
-from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model
+from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model, replace_module
 from qat.quant.int8_ops import QuantizedLUT, QuantizedRequant, QuantizedSoftmax, policy_for
 from qat.quant.qconfig import QuantConfig, get_qconfig
 
@@ -103,9 +103,7 @@ def _keep_output_float(model: nn.Module) -> None:
     layer.qconfig = None
     dequant = DeQuantStub()
     dequant.qconfig = model.qconfig
-    parent_path, _, leaf = last.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, nn.Sequential(dequant, layer))
+    replace_module(model, last, nn.Sequential(dequant, layer))
 
 
 def prepare_qat(
