@@ -2,8 +2,8 @@
 
 An elementwise activation on int8 codes is a 256-entry table (see :mod:`qat.quant.int8_ops`).
 PyTorch has no table-lookup kernel for quantized tensors, so ``csrc/lut_u8.cpp`` adds one: on
-CPUs with AVX-512 VBMI it looks up 64 codes per two instructions (7.6 µs on a 128×56×56 map
-against 105 µs for dequantize → exact GELU → quantize, 2 threads). ``csrc/channel_gate_u8.cpp``
+CPUs with AVX-512 VBMI it looks up 64 codes per two instructions (6.6 µs on a 128×56×56 map
+against 127 µs for dequantize → exact GELU → quantize, 2 threads). ``csrc/channel_gate_u8.cpp``
 runs a whole squeeze-and-excitation gate (pool, two 1×1 convs, activation tables, multiply) as
 one call where torch needs seven (:mod:`qat.quant.channel_gate`). Both are compiled once with
 torch's ``cpp_extension`` (about 7 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
