@@ -50,6 +50,7 @@ def render(name: str) -> str:
         "_target_: qat.models.create_model",
         f"name: {name}",
         "num_classes: ${data.num_classes}",
+        "pretrained: null",
     ]
     if takes_stem(builder(name)):
         lines.append("stem: ${data.stem}")

@@ -22,6 +22,8 @@ from qat.quant.verify import VerifyResult
 
 OP_MISMATCH_FRACTION = 1e-4
 OUTPUT_REL_L2 = 0.15
+#: Models whose ImageNet stem cannot take 32x32 (unpadded reductions) run the same layers with the CIFAR stem.
+SMALL_INPUT_KWARGS: dict[str, dict[str, Any]] = {name: {"stem": "cifar"} for name in ("inception_v3", "inception_v4")}
 
 
 def assert_int8_contract(r: VerifyResult, min_compared: int = 10_000, output_rel_l2: float = OUTPUT_REL_L2) -> None:
@@ -57,51 +59,42 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def assert_input_scale_and_stem_arguments(name: str) -> None:
-    """``input_scale`` fixes the QuantStub grid (``None`` observes it); an unknown ``stem`` is refused."""
-    import pytest
-
-    from qat.models import create_model
-    from qat.nn.stubs import QuantStub
-
-    fixed = create_model(name, num_classes=10)
-    observed = create_model(name, num_classes=10, input_scale=None)
-    assert next(m for m in fixed.modules() if type(m) is QuantStub).fixed_qparams == (1 / 128, 128)
-    assert next(m for m in observed.modules() if type(m) is QuantStub).fixed_qparams is None
-    with pytest.raises(ValueError):
-        create_model(name, stem="tiny")
+def load_by_order(dst: nn.Module, src: nn.Module) -> None:
+    """Copy ``src``'s state dict into ``dst`` entry by entry: same layers in the same order, or fail."""
+    dst_sd, src_sd = dst.state_dict(), src.state_dict()
+    assert len(dst_sd) == len(src_sd)
+    copied = {}
+    for (k_dst, v_dst), (k_src, v_src) in zip(dst_sd.items(), src_sd.items()):
+        assert v_dst.shape == v_src.shape, (k_dst, k_src)
+        copied[k_dst] = v_src
+    dst.load_state_dict(copied)
 
 
-def assert_logits_at_224(name: str) -> None:
-    """A 1x3x224x224 image gives 1000 logits."""
-    import torch
-
-    from qat.models import create_model
-
+def assert_same_outputs(ours: nn.Module, reference: nn.Module, size: int) -> None:
+    """Both models give the same output (up to float rounding) on one random ``size``² input in [-1, 1)."""
+    x = torch.rand(1, 3, size, size) * 2 - 1
     with torch.no_grad():
-        assert create_model(name).eval()(torch.rand(1, 3, 224, 224) * 2 - 1).shape == (1, 1000)
+        expected, got = reference(x), ours(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 
-def stem_feature_sizes(name: str) -> tuple[list[int], list[int], list[int]]:
-    """Feature-map sizes at 64 px (ImageNet stem) and 32 px (CIFAR stem) and the CIFAR channels.
+def assert_loads_by_order_and_agrees(ours: nn.Module, reference: nn.Module, size: int) -> None:
+    """``reference``, its BN randomised, loads into ``ours`` by order and both give the same output."""
+    reference = randomize_batchnorm(reference.eval())
+    load_by_order(ours.eval(), reference)
+    assert_same_outputs(ours, reference, size)
 
-    Asserts what holds for every model: both stems have the same parameters, the CIFAR features
-    carry ``feature_channels`` and the CIFAR classifier gives logits at 32x32.
-    """
-    import torch
 
-    from qat.models import create_model
-
-    imagenet = create_model(name, num_classes=10, include_top=False).eval()
-    cifar = create_model(name, num_classes=10, include_top=False, stem="cifar").eval()
-    assert param_count(imagenet) == param_count(cifar)
+def randomize_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so BN eps/momentum and placement matter."""
     with torch.no_grad():
-        big = imagenet(torch.rand(1, 3, 64, 64) * 2 - 1)
-        small = cifar(torch.rand(2, 3, 32, 32) * 2 - 1)
-        logits = create_model(name, num_classes=10, stem="cifar").eval()(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert logits.shape == (2, 10)
-    assert [f.shape[1] for f in small] == cifar.feature_channels
-    return [f.shape[-1] for f in big], [f.shape[-1] for f in small], cifar.feature_channels
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.002, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
 
 
 def assert_features_verify_int8(

@@ -14,9 +14,11 @@ from qat.nn.stubs import DeQuantStub, QuantStub
 from qat.pipeline.benchmark import (
     channels_last,
     compare_latency,
+    count_macs,
     cpu_description,
     fold_batchnorm,
     measure_latency,
+    model_complexity,
     quantize_for_timing,
     torchscript,
 )
@@ -40,6 +42,17 @@ def test_cpu_description_names_the_int8_instructions(tmp_path: Path, flags: str,
     text = cpu_description(info)
     assert text.endswith(f", {expected})") and torch.backends.cpu.get_cpu_capability() in text
     assert cpu_description(tmp_path / "missing").endswith("no VNNI)")
+
+
+def test_macs_count_convs_and_linears_per_sample() -> None:
+    """3x3 conv 3→8 on 10x10 (padding 1): 8·3·9·100 MACs; linear 8→5: 40; BN, ReLU and pooling: none."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+    ).train()
+    assert count_macs(model, torch.rand(1, 3, 10, 10)) == 8 * 3 * 9 * 100 + 40
+    assert model.training
+    info = model_complexity(model, torch.rand(4, 3, 10, 10))
+    assert info == {"params": 8 * 27 + 8 + 16 + 40 + 5, "macs": 21_640, "input_shape": [1, 3, 10, 10]}
 
 
 def test_fold_batchnorm_keeps_outputs() -> None:
@@ -107,3 +120,19 @@ def test_bench_scripts_run(script: str, args: list[str], needle: str) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert needle in out.stdout
+
+
+def test_macs_of_a_model_that_views_its_parameters() -> None:
+    """A forward that slices a parameter (a view that needs grad, made under no_grad) is still counted."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.gamma = nn.Parameter(torch.ones(1, 8, 1, 1))
+            self.scale = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) * self.scale(self.gamma[:, :4])
+
+    assert count_macs(Scaled(), torch.rand(1, 3, 5, 5)) == 4 * 3 * 25

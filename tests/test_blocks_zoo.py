@@ -43,6 +43,14 @@ class _Branches(nn.Module):
         return [dq(o) for dq, o in zip(self.dequants, out)]
 
 
+def _perturbed(block: nn.Module) -> nn.Module:
+    """Random affine parameters: the reference initialisation (gate weights 0) would make the gates constant."""
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.5, 0.5)
+    return block
+
+
 _BR = [8, 16, 32]
 BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "shuffle_v2_s1": (lambda: _wrap(qnn.ShuffleV2Block(16, 16, 1)), (2, 16, 16, 16)),
@@ -60,6 +68,21 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "inverted_residual_eca": (
         lambda: _wrap(qnn.InvertedResidualAttention(16, 24, 2, 6, "eca", eca_kernel=3)),
         (2, 16, 16, 16),
+    ),
+    "triplet_attention": (lambda: _wrap(qnn.TripletAttention(3)), (2, 16, 12, 10)),
+    "inverted_residual_triplet": (
+        lambda: _wrap(qnn.InvertedResidualAttention(16, 16, 1, 6, "triplet")),
+        (2, 16, 16, 16),
+    ),
+    "shuffle_attention": (lambda: _wrap(_perturbed(qnn.ShuffleAttention(16, 2))), (2, 16, 8, 6)),
+    "inverted_residual_sa": (lambda: _wrap(qnn.InvertedResidualAttention(16, 16, 1, 6, "sa")), (2, 16, 16, 16)),
+    "ic_conv": (lambda: _wrap(qnn.InceptionConv2d(16, 16, 2)), (2, 16, 12, 12)),
+    "inception_v3_e": (lambda: _wrap(qnn.InceptionE(32)), (2, 32, 6, 6)),
+    "inception_v4_c": (lambda: _wrap(qnn.InceptionV4C()), (2, 1536, 3, 3)),
+    "bn_inception_s2": (lambda: _wrap(qnn.BNInceptionModule(32, 0, 16, 24, 16, 24, 0, 2)), (2, 32, 8, 8)),
+    "bn_inception_maxpool": (
+        lambda: _wrap(qnn.BNInceptionModule(32, 16, 16, 24, 16, 24, 8, max_pool=True)),
+        (2, 32, 8, 8),
     ),
     "litehr_stem": (lambda: _wrap(qnn.LiteHRStem(3, 32, 32, 1.0, 1, 1)), (2, 3, 16, 16)),
     "spatial_weighting": (lambda: _wrap(qnn.SpatialWeighting(16)), (2, 16, 16, 16)),
@@ -165,3 +188,57 @@ def test_litehr_module_handles_odd_resolutions() -> None:
     out = module([torch.randn(2, 8, 7, 7), torch.randn(2, 16, 4, 4), torch.randn(2, 32, 2, 2)])
     assert [tuple(o.shape) for o in out] == [(2, 8, 7, 7), (2, 16, 4, 4), (2, 32, 2, 2)]
     assert all((o >= 0).all() for o in out)  # every fused output ends with a ReLU
+
+
+def test_triplet_attention_equals_the_reference_formula() -> None:
+    """(1/3)(gate(x) + rot⁻¹ gate(rot_h x) + rot⁻¹ gate(rot_w x)), gate = x · σ(BN(conv([max_C, mean_C])))."""
+    block = qnn.TripletAttention(3).eval()
+    with torch.no_grad():
+        for gate in (block.gate_h, block.gate_w, block.gate_spatial):
+            gate.conv.conv.weight.normal_()
+            gate.conv.norm.running_mean.uniform_(-0.5, 0.5)
+
+        def gate_fn(gate: nn.Module, t: Tensor) -> Tensor:
+            z = torch.cat([t.max(1, keepdim=True)[0], t.mean(1, keepdim=True)], 1)
+            return t * torch.sigmoid(gate.conv.norm(F.conv2d(z, gate.conv.conv.weight, padding=1)))
+
+        x = torch.randn(2, 8, 6, 5)
+        expected = (
+            gate_fn(block.gate_spatial, x)
+            + gate_fn(block.gate_h, x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
+            + gate_fn(block.gate_w, x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)
+        ) / 3
+        torch.testing.assert_close(block(x), expected)
+
+
+def test_shuffle_attention_equals_the_reference_formula() -> None:
+    """SA-Net's ``sa_layer``: per group, x0·σ(cw·avg(x0) + cb) ‖ x1·σ(sw·GN(x1) + sb), then a 2-group shuffle."""
+    groups, c = 2, 16
+    block = _perturbed(qnn.ShuffleAttention(c, groups)).eval()
+    x = torch.randn(2, c, 5, 4)
+    half = c // (2 * groups)
+    cw, cb = block.channel_gate.conv.weight.view(1, half, 1, 1), block.channel_gate.conv.bias.view(1, half, 1, 1)
+    sw, sb = block.spatial_gate.conv.weight.view(1, half, 1, 1), block.spatial_gate.conv.bias.view(1, half, 1, 1)
+    x0, x1 = x.reshape(2 * groups, c // groups, 5, 4).chunk(2, dim=1)
+    xn = x0 * torch.sigmoid(cw * x0.mean((2, 3), keepdim=True) + cb)
+    gn = F.group_norm(x1, half, block.norm.weight, block.norm.bias, block.norm.eps)
+    xs = x1 * torch.sigmoid(sw * gn + sb)
+    out = torch.cat([xn, xs], 1).reshape(2, c, 5, 4)
+    expected = out.reshape(2, 2, c // 2, 5, 4).transpose(1, 2).reshape(2, c, 5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected)
+    assert sum(p.numel() for p in qnn.ShuffleAttention(c, groups).parameters()) == 3 * c // groups
+
+
+def test_inception_conv_dilates_each_channel_group() -> None:
+    """Output group k equals a 3x3 conv with group k's (dh, dw) dilation; the parameter count is one 3x3 conv + BN."""
+    block = qnn.InceptionConv2d(8, 8).eval()
+    assert sum(p.numel() for p in block.parameters()) == 8 * 8 * 9 + 2 * 8
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        y = block(x)
+        for k, ((dh, dw), branch) in enumerate(zip(qnn.FIXED_PATTERN, block.branches)):
+            z = F.conv2d(x, branch.conv.weight, padding=(dh, dw), dilation=(dh, dw))
+            torch.testing.assert_close(y[:, 2 * k : 2 * k + 2], torch.relu(branch.norm(z)))
+    with pytest.raises(ValueError, match="dilation groups"):
+        qnn.InceptionConv2d(8, 6)

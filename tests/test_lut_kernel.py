@@ -117,6 +117,7 @@ def test_env_switch_and_failed_build_fall_back(monkeypatch: pytest.MonkeyPatch) 
             )
         monkeypatch.setenv("QAT_LUT_KERNEL", "1")
         monkeypatch.setattr(lut_kernel, "_SOURCES", [Path("/nonexistent/lut_u8.cpp")])
+        monkeypatch.setattr(lut_kernel, "unsupported_platform", lambda: None)  # a supported CPU, a failing build
         lut_kernel.lut_kernel_available.cache_clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -127,6 +128,44 @@ def test_env_switch_and_failed_build_fall_back(monkeypatch: pytest.MonkeyPatch) 
         x = torch.quantize_per_tensor(torch.randn(5), 0.05, 128, torch.quint8)
         lut = QuantizedLUT(nn.GELU(), 0.02, 20)
         assert torch.equal(lut(x).int_repr(), lut.table(x)[x.int_repr().long()])
+    finally:
+        monkeypatch.undo()
+        lut_kernel.lut_kernel_available.cache_clear()
+        lut_kernel._fast_cpu.cache_clear()
+        lut_kernel._gate_cpu.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "reason"),
+    [
+        ("aarch64", "fp asimd", "written for x86-64 CPUs and this machine is aarch64"),
+        ("x86_64", "fpu sse avx2", "neither AVX-512 VBMI nor AVX-512 VNNI"),
+    ],
+)
+def test_other_platforms_skip_the_build_with_one_right_line(
+    machine: str, flags: str, reason: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not x86-64, or no AVX-512 VBMI/VNNI: no compiler is run and the one warning says why, not "install gcc"."""
+    import platform
+
+    import torch.utils.cpp_extension
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    try:
+        monkeypatch.setattr(platform, "machine", lambda: machine)
+        read_flags = lut_kernel._cpu_flags
+        monkeypatch.setattr(lut_kernel, "_cpu_flags", lambda: read_flags(cpuinfo))
+        monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **k: pytest.fail("compiled anyway"))
+        lut_kernel.lut_kernel_available.cache_clear()
+        lut_kernel._fast_cpu.cache_clear()
+        lut_kernel._gate_cpu.cache_clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not lut_kernel_available() and not use_lut_kernel() and not lut_kernel.use_channel_gate_kernel()
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1 and "\n" not in messages[0], messages
+        assert reason in messages[0] and "gcc" not in messages[0] and "stock torch ops" in messages[0]
     finally:
         monkeypatch.undo()
         lut_kernel.lut_kernel_available.cache_clear()

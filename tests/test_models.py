@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from contract import assert_int8_contract
+from contract import SMALL_INPUT_KWARGS, assert_int8_contract
 
 from qat.models import create_model, list_models
 from qat.quant import verify_model
@@ -26,7 +26,7 @@ CASES = [(name, "fold") for name in MODELS] + [(n, "track") for n in ("henet_tin
 def test_model_float_fakequant_int8(name: str, bn: str) -> None:
     """float fwd/bwd, check_model clean, prepare_qat (+ BN fold), 2 SGD steps, convert: int8 equals fake-quant."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10)
+    model = create_model(name, num_classes=10, **SMALL_INPUT_KWARGS.get(name, {}))
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     r = verify_model(model, x, steps=2, bn=bn)
     assert_int8_contract(r)

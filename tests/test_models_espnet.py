@@ -8,11 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
-    assert_features_verify_int8,
-    assert_input_scale_and_stem_arguments,
-    assert_logits_at_224,
     param_count,
-    stem_feature_sizes,
 )
 from torch import nn
 
@@ -56,22 +52,6 @@ def test_eesp_dilations_follow_receptive_limits() -> None:
     assert block.residual and not EESP(64, 64, 2, 4, 5).residual
 
 
-def test_classification_shape_at_224() -> None:
-    assert_logits_at_224("espnetv2_s0_5")
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_features_and_cifar_stem(name: str) -> None:
-    """Features at strides 4, 8, 16, 32 (ImageNet stem) and 2, 4, 8, 16 (CIFAR stem), same parameters."""
-    big, small, channels = stem_feature_sizes(name)
-    assert (big, small) == ([16, 8, 4, 2], [16, 8, 4, 2])
-    assert channels == list(CHANNELS[name[-4:]][1:5])
-
-
-def test_input_scale_and_stem_arguments() -> None:
-    assert_input_scale_and_stem_arguments("espnetv2_s0_5")
-
-
 def test_downsampler_needs_the_pooled_image() -> None:
     block = EESPDownsampler(16, 32, 4, 13).eval()
     x = torch.rand(1, 16, 8, 8)
@@ -99,8 +79,3 @@ def test_int8_prelu_is_a_per_channel_table() -> None:
         y = torch.where(x[0, c] >= 0, x[0, c], a * x[0, c])
         expected = torch.fake_quantize_per_tensor_affine(y, out_scale, out_zp, 0, 255)
         torch.testing.assert_close(q.dequantize()[0, c], expected, rtol=0, atol=1e-6)
-
-
-def test_features_verify_int8() -> None:
-    """``include_top=False``: the four feature maps leave through their own DeQuantStubs, all in int8."""
-    assert_features_verify_int8("espnetv2_s0_5", [16, 8, 4, 2], bn="fold")

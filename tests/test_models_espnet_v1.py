@@ -8,13 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
-    assert_features_verify_int8,
-    assert_input_scale_and_stem_arguments,
     assert_int8_contract,
-    assert_logits_at_224,
     param_count,
     settle_batchnorm,
-    stem_feature_sizes,
 )
 from torch import nn
 
@@ -41,18 +37,7 @@ def test_params_equal_the_reference(pq: tuple[int, int]) -> None:
     assert abs(SEGMENTER_20[2, 8] / 0.364e6 - 1) < 0.005
 
 
-def test_classification_shape_at_224() -> None:
-    assert_logits_at_224("espnet_c")
-
-
-def test_features_and_cifar_stem() -> None:
-    """Features at strides 2, 4, 8 (ImageNet stem) and 1, 2, 4 (CIFAR stem) with 19, 131, 256 channels."""
-    big, small, channels = stem_feature_sizes("espnet_c")
-    assert (big, small, channels) == ([32, 16, 8], [32, 16, 8], [19, 131, 256])
-
-
-def test_input_scale_and_stem_arguments() -> None:
-    assert_input_scale_and_stem_arguments("espnet_c")
+def test_needs_esp_modules() -> None:
     with pytest.raises(ValueError, match="at least one ESP module"):
         ESPNetC(p=0)
 
@@ -113,7 +98,3 @@ def test_segmenter_verifies_in_int8() -> None:
     r = verify_model(settle_batchnorm(ESPNet(num_classes=10), x), x, steps=2, bn="fold")
     assert_int8_contract(r)
     assert r.int8_model(x).shape == (2, 10, 32, 32)
-
-
-def test_features_verify_int8() -> None:
-    assert_features_verify_int8("espnet_c", [32, 16, 8], bn="fold")

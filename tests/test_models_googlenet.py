@@ -9,11 +9,7 @@ import pytest
 import torch
 import torchvision
 from contract import (
-    assert_features_verify_int8,
-    assert_input_scale_and_stem_arguments,
-    assert_logits_at_224,
     param_count,
-    stem_feature_sizes,
 )
 
 from qat.models import create_model
@@ -56,22 +52,3 @@ def test_inception_output_channels() -> None:
     block = Inception(192, 64, 96, 128, 16, 32, 32).eval()
     with torch.no_grad():
         assert block(torch.rand(1, 192, 7, 7)).shape == (1, block.out_channels, 7, 7) == (1, 256, 7, 7)
-
-
-def test_classification_shape_224() -> None:
-    assert_logits_at_224("googlenet")
-
-
-def test_cifar_stem_changes_strides_only() -> None:
-    """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
-    big, small, channels = stem_feature_sizes("googlenet")
-    assert (big, small, channels) == ([16, 8, 4, 2], [32, 16, 8, 4], [192, 480, 832, 1024])
-
-
-def test_input_scale_and_stem_arguments() -> None:
-    assert_input_scale_and_stem_arguments("googlenet")
-
-
-def test_features_verify_int8() -> None:
-    """``include_top=False``: every feature map leaves through its own DeQuantStub, all in int8."""
-    assert_features_verify_int8("googlenet", [8, 4, 2, 1], stem="imagenet")

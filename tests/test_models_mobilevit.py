@@ -8,12 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
-    assert_features_verify_int8,
-    assert_input_scale_and_stem_arguments,
     assert_int8_contract,
-    assert_logits_at_224,
     param_count,
-    stem_feature_sizes,
 )
 from torch import Tensor, nn
 
@@ -67,22 +63,6 @@ def test_params_vs_timm_and_paper(name: str) -> None:
     assert _reference_count(*MOBILEVIT_CONFIGS[name.removeprefix("mobilevit_")]) == ours
     assert abs(ours / 1e6 - timm_m) <= 0.005  # equal at timm's precision
     assert abs(ours / 1e6 - paper_m) <= 0.05  # equal at the paper's precision
-
-
-def test_imagenet_logits_at_224() -> None:
-    assert_logits_at_224("mobilevit_xxs")
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_cifar_stem_changes_strides_only(name: str) -> None:
-    """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
-    big, small, channels = stem_feature_sizes(name)
-    assert (big, small) == ([16, 8, 4, 2], [32, 16, 8, 4])
-    assert channels == list(MOBILEVIT_CONFIGS[name.removeprefix("mobilevit_")][1][1:])
-
-
-def test_input_scale_and_stem_arguments() -> None:
-    assert_input_scale_and_stem_arguments("mobilevit_xxs")
 
 
 def test_unfold_order_and_fold_inverse() -> None:
@@ -141,8 +121,3 @@ def test_layer_norm_int8_is_bit_exact() -> None:
         q_in, q_out = seen[0]
         ref = r.fake_quant_model.norm(q_in.dequantize())
     assert torch.equal(ref, q_out.dequantize())
-
-
-def test_features_verify_int8() -> None:
-    """``include_top=False`` with the CIFAR stem: every feature map through its own DeQuantStub, in int8."""
-    assert_features_verify_int8("mobilevit_xxs", [32, 16, 8, 4])

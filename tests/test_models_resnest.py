@@ -8,12 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
-    assert_features_verify_int8,
-    assert_input_scale_and_stem_arguments,
     assert_int8_contract,
-    assert_logits_at_224,
     param_count,
-    stem_feature_sizes,
 )
 from torch import Tensor, nn
 
@@ -39,20 +35,6 @@ def test_resnest50_params_equal_reference() -> None:
 @pytest.mark.parametrize("layers", [(1, 1, 1, 1), (2, 2, 2, 2)], ids=["resnest14", "resnest26"])
 def test_other_depths_equal_reference(layers: tuple[int, ...]) -> None:
     assert param_count(ResNeSt(layers)) == REFERENCE_PARAMS[layers]
-
-
-def test_logits_at_224() -> None:
-    assert_logits_at_224("resnest50")
-
-
-def test_feature_shapes_and_cifar_stem() -> None:
-    """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
-    big, small, channels = stem_feature_sizes("resnest50")
-    assert (big, small, channels) == ([16, 8, 4, 2], [32, 16, 8, 4], [256, 512, 1024, 2048])
-
-
-def test_input_scale_and_stem_arguments() -> None:
-    assert_input_scale_and_stem_arguments("resnest50")
 
 
 def _splat_formula(m: SplitAttention, x: Tensor) -> Tensor:
@@ -107,8 +89,3 @@ def test_bottleneck_verifies_int8(kwargs: dict) -> None:
     r = verify_model(model, x, steps=2, bn="fold")
     assert_int8_contract(r, min_compared=5_000)
     assert type(r.int8_model[2].conv2.softmax).__name__ == "QuantizedSoftmax"
-
-
-def test_features_verify_int8() -> None:
-    """``include_top=False`` with the CIFAR stem: four int8 feature maps, int8 == fake-quant per op."""
-    assert_features_verify_int8("resnest50", [32, 16, 8, 4], steps=1, bn="fold")

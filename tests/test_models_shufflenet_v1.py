@@ -8,11 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from contract import (
-    assert_features_verify_int8,
-    assert_input_scale_and_stem_arguments,
-    assert_logits_at_224,
     param_count,
-    stem_feature_sizes,
 )
 
 from qat.models import create_model
@@ -87,23 +83,3 @@ def test_unit_rejects_bad_channels() -> None:
         ShuffleV1Block(240, 480, 1)
     with pytest.raises(ValueError):
         ShuffleV1Block(240, 248, 2, 3)
-
-
-def test_classification_shape_224() -> None:
-    assert_logits_at_224("shufflenet_v1_g3_x0_5")
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_cifar_stem_changes_strides_only(name: str) -> None:
-    """Features at strides 4, 8, 16, 32 with the ImageNet stem and 1, 2, 4, 8 with the CIFAR stem."""
-    big, small, _ = stem_feature_sizes(name)
-    assert (big, small) == ([16, 8, 4, 2], [32, 16, 8, 4])
-
-
-def test_input_scale_and_stem_arguments() -> None:
-    assert_input_scale_and_stem_arguments("shufflenet_v1_g3_x0_5")
-
-
-def test_features_verify_int8() -> None:
-    """``include_top=False``: every feature map leaves through its own DeQuantStub, all in int8."""
-    assert_features_verify_int8("shufflenet_v1_g3_x0_5", [32, 16, 8, 4])

@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import pytest
 from contract import (
-    assert_features_verify_int8,
-    assert_input_scale_and_stem_arguments,
-    assert_logits_at_224,
     param_count,
-    stem_feature_sizes,
 )
 from torch import nn
 
 from qat.models import create_model
-from qat.models.xception import STAGE_CHANNELS
 from qat.nn.blocks.xception import XceptionBlock
 from qat.quant.fuse import collect_patterns
 
@@ -35,20 +30,6 @@ def test_params_equal_reference() -> None:
     assert REFERENCE_PARAMS - param_count(create_model("xception", include_top=False)) == 2048 * 1000 + 1000
 
 
-def test_logits_at_224() -> None:
-    assert_logits_at_224("xception")
-
-
-def test_feature_shapes_and_cifar_stem() -> None:
-    """Strides 4, 8, 16, 32 (the unpadded stem trims a pixel at 64×64), with the CIFAR stem 1, 2, 4, 8."""
-    big, small, channels = stem_feature_sizes("xception")
-    assert (big, small, channels) == ([15, 8, 4, 2], [32, 16, 8, 4], list(STAGE_CHANNELS))
-
-
-def test_input_scale_and_stem_arguments() -> None:
-    assert_input_scale_and_stem_arguments("xception")
-
-
 def test_every_relu_fuses_or_opens_a_block() -> None:
     """Each ReLU is fused into conv+BN, except the one opening each of blocks 2-12 (pre-activation)."""
     model = create_model("xception")
@@ -58,8 +39,3 @@ def test_every_relu_fuses_or_opens_a_block() -> None:
     assert standalone == openers and len(openers) == 11
     # fused: stem 2, entry blocks 1 each, middle blocks 2 each, exit block 1, exit separable convs 2
     assert len(fused & {n for n, m in model.named_modules() if isinstance(m, nn.ReLU)}) == 2 + 3 + 8 * 2 + 1 + 2
-
-
-def test_features_verify_int8() -> None:
-    """``include_top=False`` with the CIFAR stem: four int8 feature maps, int8 == fake-quant per op."""
-    assert_features_verify_int8("xception", [32, 16, 8, 4], steps=1, bn="fold")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny_run import tiny_overrides
 from torch import Tensor, nn
 
 import qat.nn as qnn
@@ -34,22 +35,7 @@ REPO = CONF_DIR.parent
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:FutureWarning")
 
 # A few steps of a tiny model on 16 px digits: every stage runs, nothing takes long.
-FAST = [
-    "model=tiny_convnet",
-    "+model.width=8",
-    "data.image_size=16",
-    "data.stem=cifar",
-    "data.limit=96",
-    "data.batch_size=32",
-    "data.eval_batch_size=64",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "logger=none",
-    "report.latency_runs=3",
-    "report.latency_warmup=1",
-    "report.latency_rounds=1",
-]
+FAST = tiny_overrides(None, "+model.width=8")
 QUANT_FAST = ["quant.calib_batches=2"]
 QAT_FAST = [*QUANT_FAST, "quant=qat", "quant.epochs=1"]
 
@@ -86,6 +72,8 @@ def test_qat_runs_every_stage_and_reports(qat_run: tuple[Path, dict[str, Any]]) 
     assert report["size_bytes"]["int8"] < report["size_bytes"]["fp32"]
     assert report["latency_s"]["int8"] > 0 and report["latency_s"]["fp32_bn_folded"] > 0
     assert report["qat_over_float_step_time"] > 0
+    assert report["complexity"]["params"] > 0 and report["complexity"]["macs"] > 0
+    assert f"{report['complexity']['params']:,} parameters" in (run_dir / "report.md").read_text()
     for name in ("report.json", "report.md", "report.png", "float/last.ckpt", "qat/last.ckpt", "calib/calibrated.pt"):
         assert (run_dir / name).is_file(), name
     assert (
@@ -96,7 +84,7 @@ def test_qat_runs_every_stage_and_reports(qat_run: tuple[Path, dict[str, Any]]) 
 
 
 def _qat_state_keys(run_dir: Path) -> list[str]:
-    return list(torch.load(run_dir / "qat" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"])
+    return list(torch.load(run_dir / "qat" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"])
 
 
 def test_qat_folds_bn_by_default_and_tracks_it_on_request(qat_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
@@ -158,10 +146,10 @@ def test_export_reloads_with_same_predictions(qat_run: tuple[Path, dict[str, Any
         "import sys; sys.modules['qat'] = None; import torch; "
         f"torch.backends.quantized.engine = {payload['engine']!r}; "
         f"m = torch.jit.load({str(run_dir / 'int8' / TORCHSCRIPT)!r}); "
-        f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})"
+        f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)), {str(tmp_path / 'y.pt')!r})"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
-    assert torch.equal(torch.load(tmp_path / "y.pt"), ref)
+    assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), ref)
 
 
 def test_export_rebuild_keeps_lookup_table_grids(tmp_path: Path) -> None:
@@ -349,7 +337,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     proc.kill()
     proc.wait()
     assert last.is_file(), "the run never wrote float/last.ckpt"
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert killed_at < 4, "the run finished before it could be interrupted"
     assert not (run_dir / "report.json").exists()
 
@@ -358,7 +346,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     state = json.loads((run_dir / "stages.json").read_text())["stages"]["float"]
     assert state["status"] == "done" and state["resumed_from"] == str(last)
     assert state["epochs"] == 4
-    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 3  # 0-based: the 4th epoch
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 3  # 0-based: the 4th epoch
     assert (run_dir / "report.json").is_file()
 
 
@@ -381,5 +369,6 @@ def test_ddp_qat_on_two_cpu_processes(tmp_path: Path) -> None:
         assert state[stage]["world_size"] == 2
         assert state[stage]["ranks_consistent"] is True
     assert state["int8"]["status"] == "done"
-    assert sorted(p.name for p in (run_dir / "int8").iterdir()) == ["int8_state.pt", TORCHSCRIPT]
+    exports = ["int8_state.pt", "model_fp32.onnx", "model_int8.onnx", TORCHSCRIPT]
+    assert sorted(p.name for p in (run_dir / "int8").iterdir()) == exports  # rank 0 alone wrote them
     assert len(list(run_dir.rglob("report.json"))) == 1

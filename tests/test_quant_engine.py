@@ -48,8 +48,8 @@ def test_presets_document_their_grids() -> None:
     assert (w.quant_min, w.quant_max, w.qscheme) == (-63, 63, torch.per_channel_symmetric)
     with pytest.raises(ValueError, match="unknown quantization target 'tpu'"):
         get_qconfig("tpu")
-    with pytest.raises(ValueError, match="unknown activation observer 'kl'"):
-        get_qconfig("x86", activation_observer="kl")
+    with pytest.raises(ValueError, match="unknown activation observer 'entropy'"):
+        get_qconfig("x86", activation_observer="entropy")
 
 
 def test_npu_activations_are_symmetric(user_net: nn.Module, x: Tensor) -> None:
@@ -191,6 +191,31 @@ def test_convert_requires_prepared_and_observed_model(user_net: nn.Module) -> No
         convert(user_net)
     with pytest.raises(ValueError, match=r"never saw data .*run calibrate\(model, batches\)"):
         convert(prepare_calibration(user_net))
+
+
+@pytest.mark.parametrize("target", ["x86", "arm"])
+def test_convert_leaves_the_global_engine_as_it_found_it(target: str, user_net: nn.Module, x: Tensor) -> None:
+    """convert() packs under the target's engine and the int8 model runs under it, but the caller's
+    ``torch.backends.quantized.engine`` is the same before and after both."""
+    engine = get_qconfig(target).engine
+    other = next(e for e in ("qnnpack", "x86") if e != engine)
+    if not {engine, other} <= set(torch.backends.quantized.supported_engines):
+        pytest.skip("this torch build lacks the x86 or qnnpack engine")
+    saved = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = other
+        q = convert(calibrate(prepare_calibration(user_net, target), [x]))
+        assert torch.backends.quantized.engine == other
+        seen = []
+        q.stem.register_forward_hook(lambda *_: seen.append(torch.backends.quantized.engine))
+        with torch.no_grad():
+            y = q(x)
+        assert seen == [engine] and torch.backends.quantized.engine == other
+        torch.backends.quantized.engine = engine
+        with torch.no_grad():
+            assert torch.equal(q(x), y)
+    finally:
+        torch.backends.quantized.engine = saved
 
 
 def test_high_precision_output_keeps_classifier_float(user_net: nn.Module, x: Tensor) -> None:

@@ -7,19 +7,28 @@ them. The (width, depth, resolution, dropout) table is torchvision's; B5-B7 use 
 momentum 0.01 like torchvision. Stochastic depth grows linearly from 0 to ``drop_path`` (0.2)
 over the blocks. Parameter counts equal torchvision's for every variant (B0: 5,288,548) and
 weights load by order. ``stem``, ``include_top`` and ``input_scale`` work as in
-:mod:`qat.models.mobilenet` (``"cifar"``: stem conv and first stride-2 MBConv at stride 1).
+:mod:`qat.models.base` (``"cifar"``: stem conv and first stride-2 MBConv at stride 1).
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from torch import nn
 
-from qat.models.mobilenet import StagedClassifier, check_stem, cifar_strides, init_weights, split_stages
+from qat.models.base import (
+    StagedClassifier,
+    check_stem,
+    cifar_strides,
+    init_weights,
+    pooled_top,
+    split_stages,
+    stem_conv,
+)
 from qat.models.registry import register_model
+from qat.nn.blocks.common import batch_norm
 from qat.nn.blocks.efficientnet import MBConv
-from qat.nn.conv import ConvModule2d
 from qat.nn.se import make_divisible
 
 __all__ = ["EFFICIENTNET_SCALING"]
@@ -63,15 +72,14 @@ def _efficientnet(
     cifar = check_stem(stem)
     bn_eps, bn_momentum = (1e-3, 0.01) if variant in _TF_BN else (1e-5, 0.1)
 
-    def bn(c: int) -> nn.BatchNorm2d:
-        return nn.BatchNorm2d(c, eps=bn_eps, momentum=bn_momentum)
+    bn = partial(batch_norm, eps=bn_eps, momentum=bn_momentum)
 
     stages_cfg = [
         (e, k, s, make_divisible(ci * width, 8), make_divisible(co * width, 8), int(math.ceil(n * depth)))
         for e, k, s, ci, co, n in _B0
     ]
     c_stem = stages_cfg[0][3]
-    stem_mod = ConvModule2d(3, c_stem, 3, stride=1 if cifar else 2, padding=1, norm_layer=bn(c_stem), act_layer="silu")
+    stem_mod = stem_conv(c_stem, cifar, "silu", norm_layer=bn(c_stem))
     specs = [
         (e, k, c_in if i == 0 else c_out, c_out, s if i == 0 else 1)
         for e, k, s, c_in, c_out, n in stages_cfg
@@ -84,17 +92,16 @@ def _efficientnet(
     ]
     pre, stages = split_stages(blocks, [s == 2 for s in nominal])
     channels = [stage[-1].project.conv.out_channels for stage in stages]
-    head = classifier = None
-    if include_top:
-        c_last = stages_cfg[-1][4]
-        head = nn.Sequential(
-            ConvModule2d(c_last, 4 * c_last, 1, norm_layer=bn(4 * c_last), act_layer="silu"),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(1),
-        )
-        classifier = nn.Sequential(
-            nn.Dropout(default_dropout if dropout is None else dropout), nn.Linear(4 * c_last, num_classes)
-        )
+    c_last = stages_cfg[-1][4]
+    head, classifier = pooled_top(
+        include_top,
+        c_last,
+        num_classes,
+        default_dropout if dropout is None else dropout,
+        head_channels=4 * c_last,
+        act_layer="silu",
+        norm_layer=bn(4 * c_last),
+    )
     model = StagedClassifier(nn.Sequential(stem_mod, *pre), stages, channels, head, classifier, input_scale)
     model.default_resolution = resolution
     return init_weights(model, linear="uniform")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from qat.models.mobilenet import check_stem, init_weights
+from qat.models.base import check_stem, dequant_features, feature_dequants, init_weights, stem_conv
 from qat.models.registry import register_model
 from qat.nn.blocks.espnet import EESP, EESPDownsampler
 from qat.nn.conv import ConvModule2d
@@ -72,7 +72,7 @@ class ESPNetV2(nn.Module):
         c1, c2, c3, c4, c5, c_head = channels
         lim, k = _RECEPTIVE_LIMITS, _BRANCHES
         self.quant = QuantStub(scale=input_scale)
-        self.level1 = ConvModule2d(3, c1, 3, 1 if cifar else 2, 1, bias=False, norm_layer="bn", act_layer=nn.PReLU(c1))
+        self.level1 = stem_conv(c1, cifar, nn.PReLU(c1), bias=False)
         self.level2_0 = EESPDownsampler(c1, c2, k, lim[0])
         self.level3_0 = EESPDownsampler(c2, c3, k, lim[1])
         self.level3 = nn.Sequential(*(EESP(c3, c3, 1, k, lim[2]) for _ in range(_REPEATS[0])))
@@ -94,7 +94,7 @@ class ESPNetV2(nn.Module):
             self.fc = nn.Linear(c_head, num_classes)
             self.dequant = DeQuantStub()
         else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in range(4))
+            self.dequants = feature_dequants(4)
         self.feature_channels = [c2, c3, c4, c5]
         init_weights(self, linear=None)
         if include_top:  # the reference initialises its classifier with N(0, 0.001)
@@ -115,7 +115,7 @@ class ESPNetV2(nn.Module):
         if self.include_top:
             y = self.dropout(torch.flatten(self.pool(self.head(f5)), 1))
             return self.dequant(self.fc(y))
-        return [dq(f) for dq, f in zip(self.dequants, (f2, f3, f4, f5))]
+        return dequant_features(self.dequants, (f2, f3, f4, f5))
 
 
 @register_model

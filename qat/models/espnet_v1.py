@@ -27,8 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qat.models.mobilenet import check_stem, init_weights
+from qat.models.base import check_stem, dequant_features, feature_dequants, init_weights
 from qat.models.registry import register_model
+from qat.nn.blocks.common import batch_norm
 from qat.nn.blocks.espnet import ESP, BNPReLU
 from qat.nn.conv import ConvModule2d, PixelShuffleUp
 from qat.nn.functional import Cat
@@ -43,9 +44,7 @@ _IMAGE = 3
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, prelu: bool = True) -> ConvModule2d:
     """The authors' ``CBR`` (or ``CB`` without ``prelu``): bias-free conv → BN (eps 1e-3) → PReLU."""
     act = nn.PReLU(cout) if prelu else None
-    return ConvModule2d(
-        cin, cout, k, stride, k // 2, bias=False, norm_layer=nn.BatchNorm2d(cout, eps=1e-3), act_layer=act
-    )
+    return ConvModule2d(cin, cout, k, stride, k // 2, bias=False, norm_layer=batch_norm(cout, eps=1e-3), act_layer=act)
 
 
 class ESPNetEncoder(nn.Module):
@@ -108,14 +107,14 @@ class ESPNetC(nn.Module):
             self.classifier = nn.Conv2d(self.feature_channels[-1], num_classes, 1, bias=False)
             self.dequant = DeQuantStub()
         else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in self.feature_channels)
+            self.dequants = feature_dequants(len(self.feature_channels))
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         features = self.encoder(self.quant(x))
         if self.include_top:
             return self.dequant(torch.flatten(self.classifier(self.pool(features[-1])), 1))
-        return [dq(f) for dq, f in zip(self.dequants, features)]
+        return dequant_features(self.dequants, features)
 
 
 class ESPNet(nn.Module):

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from qat.models.mobilenet import StagedClassifier, check_stem, cifar_strides, split_stages
+from qat.models.base import StagedClassifier, check_stem, cifar_strides, classifier_head, split_stages, stem_conv
 from qat.models.registry import register_model
 from qat.nn.blocks.ghost import GhostBottleneck
 from qat.nn.conv import ConvModule2d
 from qat.nn.se import make_divisible
 
-__all__ = ["GhostNet", "ghostnet_x1_0"]
+__all__ = ["GhostNet", "ghostnet_x0_5", "ghostnet_x1_0", "ghostnet_x1_3"]
 
 # One tuple per bottleneck: (kernel, expanded, out, se_ratio, stride) -- the paper's table 1.
 _CFG = (
@@ -47,8 +47,8 @@ _CFG = (
 class GhostNet(StagedClassifier):
     """GhostNet at ``width`` (channels ``make_divisible(c·width, 4)``, as the reference).
 
-    Parameters at 1000 classes: width 0.5 → 2,587,292 and 1.3 → 7,358,820 (the paper's table 7:
-    2.6M and 7.3M); 1.0 is registered as ``ghostnet_x1_0``.
+    Parameters at 1000 classes: see the registered ``ghostnet_x0_5``, ``ghostnet_x1_0`` and
+    ``ghostnet_x1_3``.
     """
 
     def __init__(
@@ -62,7 +62,7 @@ class GhostNet(StagedClassifier):
     ) -> None:
         cifar = check_stem(stem)
         c = make_divisible(16 * width, 4)
-        conv_stem = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu")
+        conv_stem = stem_conv(c, cifar, "relu")
         nominal = [s for *_, s in _CFG]
         blocks = []
         for (k, exp, out, se, s), stride in zip(_CFG, cifar_strides(nominal, cifar)):
@@ -79,7 +79,7 @@ class GhostNet(StagedClassifier):
                 ConvModule2d(last, 1280, 1, act_layer="relu"),
                 nn.Flatten(1),
             )
-            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+            classifier = classifier_head(1280, num_classes, dropout)
         channels = [stage[-1].ghost2.out_channels for stage in stages]
         super().__init__(nn.Sequential(conv_stem, *pre), stages, channels, head, classifier, input_scale)
 
@@ -88,3 +88,15 @@ class GhostNet(StagedClassifier):
 def ghostnet_x1_0(num_classes: int = 1000, **kwargs) -> GhostNet:
     """GhostNet 1.0×: 5,182,508 parameters vs the paper's 5.2M (0.3 % below; the paper rounds to 0.1M)."""
     return GhostNet(num_classes=num_classes, width=1.0, **kwargs)
+
+
+@register_model
+def ghostnet_x0_5(num_classes: int = 1000, **kwargs) -> GhostNet:
+    """GhostNet 0.5×: 2,587,292 parameters vs the paper's 2.6M (table 7; -0.5 %, rounding)."""
+    return GhostNet(num_classes=num_classes, width=0.5, **kwargs)
+
+
+@register_model
+def ghostnet_x1_3(num_classes: int = 1000, **kwargs) -> GhostNet:
+    """GhostNet 1.3×: 7,358,820 parameters vs the paper's 7.3M (table 7; +0.8 %, rounding)."""
+    return GhostNet(num_classes=num_classes, width=1.3, **kwargs)

@@ -20,31 +20,23 @@ arguments:
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from qat.models.mobilenet import check_stem
+from qat.models.base import NamedStagesClassifier
 from qat.models.registry import register_model
 from qat.nn.blocks.googlenet import BasicConv2d, Inception
-from qat.nn.stubs import DeQuantStub, QuantStub
 
 __all__ = ["GoogLeNet", "googlenet"]
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(NamedStagesClassifier):
     """GoogLeNet without auxiliary classifiers; torchvision's initialisation (trunc-normal σ 0.01)."""
 
-    def __init__(
-        self,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        include_top: bool = True,
-        input_scale: float | None = 1 / 128,
-        dropout: float = 0.2,
-    ) -> None:
-        super().__init__()
-        cifar = check_stem(stem)
-        self.quant = QuantStub(scale=input_scale)
+    FEATURE_CHANNELS = (192, 480, 832, 1024)
+    DROPOUT = 0.2
+    INIT_STD = 0.01
+
+    def build(self, cifar: bool) -> None:
         self.conv1 = BasicConv2d(3, 64, 7, stride=1 if cifar else 2, padding=3)
         self.maxpool1 = nn.Identity() if cifar else nn.MaxPool2d(3, 2, ceil_mode=True)
         self.conv2 = BasicConv2d(64, 64, 1)
@@ -61,32 +53,15 @@ class GoogLeNet(nn.Module):
         self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
         self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
         self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
-        self.include_top = include_top
-        if include_top:
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.dropout = nn.Dropout(dropout)
-            self.fc = nn.Linear(1024, num_classes)
-            self.dequant = DeQuantStub()
-        else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in range(4))
-        self.feature_channels = [192, 480, 832, 1024]
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        c3 = self.conv3(self.conv2(self.maxpool1(self.conv1(self.quant(x)))))
+    def stages_forward(self, x: Tensor) -> list[Tensor]:
+        c3 = self.conv3(self.conv2(self.maxpool1(self.conv1(x))))
         i3 = self.inception3b(self.inception3a(self.maxpool2(c3)))
         i4 = self.maxpool3(i3)
         for block in (self.inception4a, self.inception4b, self.inception4c, self.inception4d, self.inception4e):
             i4 = block(i4)
         i5 = self.inception5b(self.inception5a(self.maxpool4(i4)))
-        if self.include_top:
-            return self.dequant(self.fc(self.dropout(torch.flatten(self.avgpool(i5), 1))))
-        return [dq(f) for dq, f in zip(self.dequants, (c3, i3, i4, i5))]
+        return [c3, i3, i4, i5]
 
 
 @register_model

@@ -15,14 +15,13 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from qat.models.base import check_stem, dequant_features, feature_dequants, stem_conv
 from qat.models.registry import register_model
 from qat.nn import BasicHENetStageBlock, ConvModule2d, DeQuantStub, QuantStub, S2DDown
 
 __all__ = ["HENet", "henet_tinye", "henet_tinym"]
 
 T = TypeVar("T")
-
-_STEM_STRIDES = {"imagenet": 2, "cifar": 1}
 
 
 def _per_stage(value: T | Sequence[T], num_stages: int, name: str) -> list[T]:
@@ -50,7 +49,7 @@ class HENet(nn.Module):
     overall stride is 8 and a 32x32 input reaches the stages at 32/16/8/4 pixels.
 
     ``include_top=False`` returns the four stage outputs (strides 4/8/16/32 with the imagenet
-    stem), each through its own ``DeQuantStub``. HAT also prepends an upsampled copy of stage 1
+    stem), each through its own ``DeQuantStub``; ``feature_channels`` lists their widths. HAT also prepends an upsampled copy of stage 1
     (a stride-2 map for its FPN necks); that is left to the neck here.
 
     ``input_scale``: fixed input grid of the ``QuantStub`` (1/128 for inputs normalised to
@@ -81,8 +80,7 @@ class HENet(nn.Module):
         n = len(block_nums)
         if len(embed_dims) != n:
             raise ValueError(f"embed_dims needs {n} values (one per stage), got {len(embed_dims)}")
-        if stem not in _STEM_STRIDES:
-            raise ValueError(f"stem must be one of {sorted(_STEM_STRIDES)}, got {stem!r}")
+        cifar = check_stem(stem)
         blocks = _per_stage(block_cls, n, "block_cls")
         attn_nums = _per_stage(attention_block_num, n, "attention_block_num")
         ratios = _per_stage(mlp_ratios, n, "mlp_ratios")
@@ -92,14 +90,9 @@ class HENet(nn.Module):
         self.include_top = include_top
 
         self.quant = QuantStub(scale=input_scale)
-        stride = _STEM_STRIDES[stem]
         self.patch_embed = nn.Sequential(
-            ConvModule2d(
-                in_channels, embed_dims[0] // 2, 3, stride=stride, padding=1, norm_layer="bn", act_layer="relu"
-            ),
-            ConvModule2d(
-                embed_dims[0] // 2, embed_dims[0], 3, stride=stride, padding=1, norm_layer="bn", act_layer="relu"
-            ),
+            stem_conv(embed_dims[0] // 2, cifar, "relu", in_channels=in_channels),
+            stem_conv(embed_dims[0], cifar, "relu", in_channels=embed_dims[0] // 2),
         )
         self.stages = nn.ModuleList(
             BasicHENetStageBlock(
@@ -117,6 +110,7 @@ class HENet(nn.Module):
             for i in range(n)
         )
         self.downsample_block = nn.ModuleList(S2DDown(embed_dims[i], embed_dims[i + 1]) for i in range(n - 1))
+        self.feature_channels = list(embed_dims)
 
         if include_top:
             self.norm = nn.BatchNorm2d(embed_dims[-1])
@@ -134,7 +128,7 @@ class HENet(nn.Module):
             self.dequant = DeQuantStub()
         else:
             self.stage_norm = nn.ModuleList(nn.BatchNorm2d(d) if stage_out_norm else nn.Identity() for d in embed_dims)
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in embed_dims)
+            self.dequants = feature_dequants(len(embed_dims))
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         x = self.patch_embed(self.quant(x))
@@ -142,11 +136,11 @@ class HENet(nn.Module):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if not self.include_top:
-                features.append(self.dequants[i](self.stage_norm[i](x)))
+                features.append(self.stage_norm[i](x))
             if i < len(self.downsample_block):
                 x = self.downsample_block[i](x)
         if not self.include_top:
-            return features
+            return dequant_features(self.dequants, features)
         x = self.feature_mix_layer(self.avgpool(self.norm(x)))
         return self.dequant(self.head(torch.flatten(x, 1)))
 

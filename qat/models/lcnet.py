@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from qat.models.base import check_stem, dequant_features, feature_dequants, stem_conv
 from qat.models.registry import register_model
 from qat.nn.blocks.lcnet import LCNetBlock
 from qat.nn.conv import ConvModule2d
@@ -57,13 +58,9 @@ class PPLCNet(nn.Module):
         class_expand: int = 1280,
     ) -> None:
         super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-        cifar = stem == "cifar"
+        cifar = check_stem(stem)
         self.quant = QuantStub(scale=input_scale)
-        self.conv1 = ConvModule2d(
-            3, make_divisible(16 * scale), 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="hardswish"
-        )
+        self.conv1 = stem_conv(make_divisible(16 * scale), cifar, "hardswish")
         stages = []
         for i, blocks in enumerate(_STAGES):
             stages.append(
@@ -91,7 +88,7 @@ class PPLCNet(nn.Module):
             self.fc = nn.Linear(class_expand, num_classes)
             self.dequant = DeQuantStub()
         else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in range(4))
+            self.dequants = feature_dequants(4)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         x = self.blocks2(self.conv1(self.quant(x)))
@@ -100,10 +97,10 @@ class PPLCNet(nn.Module):
             x = self.last_conv(self.pool(x))
             return self.dequant(self.fc(self.dropout(torch.flatten(x, 1))))
         features = []
-        for stage, dequant in zip((self.blocks3, self.blocks4, self.blocks5, self.blocks6), self.dequants):
+        for stage in (self.blocks3, self.blocks4, self.blocks5, self.blocks6):
             x = stage(x)
-            features.append(dequant(x))
-        return features
+            features.append(x)
+        return dequant_features(self.dequants, features)
 
 
 @register_model

@@ -1,16 +1,8 @@
-"""Quantizable MobileNet V1-V4, plus the staged classifier layout shared by the CNN zoo.
+"""Quantizable MobileNet V1-V4 on the staged layout of :mod:`qat.models.base`.
 
 Every model is ``QuantStub → stem → 4 stages (strides 4, 8, 16, 32) → head → classifier →
-DeQuantStub``. Common keyword arguments:
-
-- ``input_scale`` (default 1/128): fixed input grid for inputs normalised to [-1, 1);
-  ``None`` observes the input range instead;
-- ``stem="imagenet" | "cifar"``: ``"cifar"`` sets the stride of the stem conv *and* of the first
-  down-sampling block to 1 (nothing else changes, parameter count included), so the network
-  down-samples 8x instead of 32x and a 32x32 input ends on a 4x4 map. Feature strides become
-  1, 2, 4, 8;
-- ``include_top=False``: no head/classifier; ``forward`` returns the four stage outputs
-  (strides 4, 8, 16, 32 with the ImageNet stem), each through its own ``DeQuantStub``.
+DeQuantStub``; ``input_scale``, ``stem`` and ``include_top`` work as described in
+:mod:`qat.models.base` (CIFAR-stem feature strides 1, 2, 4, 8).
 
 Parameter counts at width 1.0 and 1000 classes equal torchvision's (``mobilenet_v2``
 3,504,872; ``mobilenet_v3_large`` 5,483,032; ``mobilenet_v3_small`` 2,542,856) and the
@@ -20,13 +12,25 @@ are compared with their papers in each builder's docstring.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import partial
 
-from torch import Tensor, nn
+from torch import nn
 
+from qat.models.base import (
+    StagedClassifier,
+    check_stem,
+    cifar_strides,
+    classifier_head,
+    init_weights,
+    out_channels,
+    pooled_head,
+    pooled_top,
+    split_stages,
+    stem_conv,
+)
 from qat.models.registry import register_model
+from qat.nn.blocks.common import batch_norm
 from qat.nn.blocks.mobilenet import (
     DepthwiseSeparableConv,
     FusedInvertedBottleneck,
@@ -34,121 +38,19 @@ from qat.nn.blocks.mobilenet import (
     InvertedResidualV3,
     MobileMQA,
     UniversalInvertedBottleneck,
-    batch_norm,
 )
 from qat.nn.conv import ConvModule2d
 from qat.nn.se import make_divisible
-from qat.nn.stubs import DeQuantStub, QuantStub
 
-__all__ = ["StagedClassifier", "check_stem", "cifar_strides", "init_weights", "split_stages"]
-
-_STEMS = ("imagenet", "cifar")
-
-
-class StagedClassifier(nn.Module):
-    """``QuantStub → stem → stages → head → classifier → DeQuantStub`` (or multi-scale features).
-
-    ``head`` maps the last stage to a flat vector (final 1x1 conv, global pool, flatten) and
-    ``classifier`` maps that vector to logits. With ``head=None`` and ``classifier=None`` the model
-    is a backbone: ``forward`` returns every stage output, each through its own ``DeQuantStub``.
-    """
-
-    def __init__(
-        self,
-        stem: nn.Module,
-        stages: Sequence[nn.Module],
-        stage_channels: Sequence[int],
-        head: nn.Module | None,
-        classifier: nn.Module | None,
-        input_scale: float | None = 1 / 128,
-    ) -> None:
-        super().__init__()
-        if (head is None) != (classifier is None):
-            raise ValueError("give both head and classifier (classification) or neither (features)")
-        if len(stages) != len(stage_channels):
-            raise ValueError("one channel count per stage")
-        self.quant = QuantStub(scale=input_scale)
-        self.stem = stem
-        self.stages = nn.Sequential(*stages)
-        self.feature_channels = list(stage_channels)
-        self.include_top = head is not None
-        if self.include_top:
-            self.head = head
-            self.classifier = classifier
-            self.dequant = DeQuantStub()
-        else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in stages)
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        x = self.stem(self.quant(x))
-        if self.include_top:
-            return self.dequant(self.classifier(self.head(self.stages(x))))
-        features = []
-        for stage, dequant in zip(self.stages, self.dequants):
-            x = stage(x)
-            features.append(dequant(x))
-        return features
-
-
-def check_stem(stem: str) -> bool:
-    """Validate ``stem`` and return whether it is the CIFAR (stride-1) variant."""
-    if stem not in _STEMS:
-        raise ValueError(f"stem must be one of {_STEMS}, got {stem!r}")
-    return stem == "cifar"
-
-
-def cifar_strides(strides: Sequence[int], cifar: bool) -> list[int]:
-    """Per-block strides; with the CIFAR stem the first stride-2 block runs at stride 1."""
-    out = list(strides)
-    if cifar and 2 in out:
-        out[out.index(2)] = 1
-    return out
-
-
-def split_stages(blocks: Sequence[nn.Module], downsamples: Sequence[bool]) -> tuple[list[nn.Module], list[nn.Module]]:
-    """Cut a flat block list before each block that down-samples (in the ImageNet layout).
-
-    Returns ``(pre, stages)``: blocks before the first down-sampling block (they run at the
-    stem's resolution and join the stem) and one ``nn.Sequential`` per resolution.
-    """
-    pre: list[nn.Module] = []
-    groups: list[list[nn.Module]] = []
-    for block, down in zip(blocks, downsamples):
-        if down:
-            groups.append([])
-        (groups[-1] if groups else pre).append(block)
-    return pre, [nn.Sequential(*g) for g in groups]
-
-
-def _out_channels(stage: nn.Module) -> int:
-    """Channels a stage outputs: those of its last conv (every block here ends with a conv)."""
-    return [m for m in stage.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-
-
-def init_weights(model: nn.Module, linear: str | None = "normal") -> nn.Module:
-    """torchvision's initialisation: conv kaiming-normal (fan-out), BN 1/0, Linear N(0, 0.01) (``"normal"``),
-    U(±1/sqrt(out)) (``"uniform"``) or PyTorch's default (``None``)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and linear is not None:
-            if linear == "normal":
-                nn.init.normal_(m.weight, 0, 0.01)
-            else:
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-            nn.init.zeros_(m.bias)
-    return model
-
-
-def _pooled_head(*layers: nn.Module) -> nn.Sequential:
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-
+__all__ = [
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "mobilenet_v4_conv_medium",
+    "mobilenet_v4_conv_small",
+    "mobilenet_v4_hybrid_medium",
+]
 
 # ---------------------------------------------------------------- MobileNetV1
 
@@ -176,7 +78,7 @@ def mobilenet_v1(
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     c_in = make_divisible(32 * width_mult, 8)
-    stem_mod = ConvModule2d(3, c_in, 3, stride=1 if cifar else 2, padding=1, norm_layer="bn", act_layer="relu")
+    stem_mod = stem_conv(c_in, cifar, "relu")
     nominal = [s for _, s in _V1_BLOCKS]
     blocks, current, dilation = [], (1 if cifar else 2), 1
     for (c, _), stride in zip(_V1_BLOCKS, cifar_strides(nominal, cifar)):
@@ -188,11 +90,8 @@ def mobilenet_v1(
         blocks.append(DepthwiseSeparableConv(c_in, c_out, stride=stride, dilation=block_dilation))
         c_in = c_out
     pre, stages = split_stages(blocks, [s == 2 for s in nominal])
-    channels = [_out_channels(stage) for stage in stages]
-    head = classifier = None
-    if include_top:
-        head = _pooled_head()
-        classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, num_classes))
+    channels = [out_channels(stage) for stage in stages]
+    head, classifier = pooled_top(include_top, c_in, num_classes, dropout)
     model = StagedClassifier(nn.Sequential(stem_mod, *pre), stages, channels, head, classifier, input_scale)
     return init_weights(model)
 
@@ -227,7 +126,7 @@ def mobilenet_v2(
     cifar = check_stem(stem)
     c_in = make_divisible(32 * width_mult, 8)
     last = make_divisible(1280 * max(1.0, width_mult), 8)
-    stem_mod = ConvModule2d(3, c_in, 3, stride=1 if cifar else 2, padding=1, norm_layer="bn", act_layer="relu6")
+    stem_mod = stem_conv(c_in, cifar, "relu6")
     specs = [
         (t, make_divisible(c * width_mult, 8), s if i == 0 else 1) for t, c, n, s in _V2_SETTINGS for i in range(n)
     ]
@@ -237,11 +136,8 @@ def mobilenet_v2(
         blocks.append(InvertedResidual(c_in, c_out, stride, expand_ratio=t))
         c_in = c_out
     pre, stages = split_stages(blocks, [s == 2 for s in nominal])
-    channels = [_out_channels(stage) for stage in stages]
-    head = classifier = None
-    if include_top:
-        head = _pooled_head(ConvModule2d(c_in, last, 1, norm_layer="bn", act_layer="relu6"))
-        classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+    channels = [out_channels(stage) for stage in stages]
+    head, classifier = pooled_top(include_top, c_in, num_classes, dropout, head_channels=last, act_layer="relu6")
     model = StagedClassifier(nn.Sequential(stem_mod, *pre), stages, channels, head, classifier, input_scale)
     return init_weights(model)
 
@@ -298,22 +194,20 @@ def _mobilenet_v3(
         return make_divisible(channels * width_mult, 8)
 
     c_stem = adjust(settings[0][0])
-    stem_mod = ConvModule2d(
-        3, c_stem, 3, stride=1 if cifar else 2, padding=1, norm_layer=bn(c_stem), act_layer="hardswish"
-    )
+    stem_mod = stem_conv(c_stem, cifar, "hardswish", norm_layer=bn(c_stem))
     nominal = [spec[-1] for spec in settings]
     blocks = [
         InvertedResidualV3(adjust(c_in), k, adjust(c_exp), adjust(c_out), se, act, stride)
         for (c_in, k, c_exp, c_out, se, act, _), stride in zip(settings, cifar_strides(nominal, cifar))
     ]
     pre, stages = split_stages(blocks, [s == 2 for s in nominal])
-    channels = [_out_channels(stage) for stage in stages]
+    channels = [out_channels(stage) for stage in stages]
     head = classifier = None
     if include_top:
         c_last_in = adjust(settings[-1][3])
         c_conv = 6 * c_last_in
         last = adjust(last_channel)
-        head = _pooled_head(ConvModule2d(c_last_in, c_conv, 1, norm_layer=bn(c_conv), act_layer="hardswish"))
+        head = pooled_head(ConvModule2d(c_last_in, c_conv, 1, norm_layer=bn(c_conv), act_layer="hardswish"))
         classifier = nn.Sequential(
             nn.Linear(c_conv, last), nn.Hardswish(), nn.Dropout(dropout), nn.Linear(last, num_classes)
         )
@@ -455,14 +349,14 @@ def _mobilenet_v4(
 ) -> StagedClassifier:
     cifar = check_stem(stem)
     c_in = 32
-    stem_mod = ConvModule2d(3, c_in, 3, stride=1 if cifar else 2, padding=1, norm_layer="bn", act_layer="relu")
+    stem_mod = stem_conv(c_in, cifar, "relu")
     nominal = [spec[3] if spec[0] == "uir" else (1 if spec[0] == "mqa" else spec[2]) for spec in specs]
     blocks = []
     for spec, stride in zip(specs, cifar_strides(nominal, cifar)):
         block, c_in = _v4_block(spec, c_in, stride, layer_scale)
         blocks.append(block)
     pre, stages = split_stages(blocks, [s == 2 for s in nominal])
-    channels = [_out_channels(stage) for stage in stages]
+    channels = [out_channels(stage) for stage in stages]
     head = classifier = None
     if include_top:
         head = nn.Sequential(
@@ -471,7 +365,7 @@ def _mobilenet_v4(
             ConvModule2d(960, 1280, 1, norm_layer="bn", act_layer="relu"),
             nn.Flatten(1),
         )
-        classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+        classifier = classifier_head(1280, num_classes, dropout)
     model = StagedClassifier(nn.Sequential(stem_mod, *pre), stages, channels, head, classifier, input_scale)
     init_weights(model, linear="uniform")
     for m in model.modules():

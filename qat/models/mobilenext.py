@@ -13,12 +13,9 @@ ReLU6 after conv+BN fuses exactly (fixed [0, 6] grid). Keyword arguments:
 
 from __future__ import annotations
 
-from torch import nn
-
-from qat.models.mobilenet import StagedClassifier, check_stem, cifar_strides, split_stages
+from qat.models.base import StagedClassifier, check_stem, cifar_strides, pooled_top, split_stages, stem_conv
 from qat.models.registry import register_model
 from qat.nn.blocks.mobilenext import SandGlass
-from qat.nn.conv import ConvModule2d
 from qat.nn.se import make_divisible
 
 __all__ = ["MobileNeXt", "mobilenext_x1_0"]
@@ -65,7 +62,7 @@ class MobileNeXt(StagedClassifier):
         cifar = check_stem(stem)
         divisor = 4 if width == 0.1 else 8
         c = make_divisible(32 * width, divisor)
-        stem_conv = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu6")
+        stem_mod = stem_conv(c, cifar, "relu6")
         nominal = [s for *_, s in _CFG]
         blocks, downsamples = [], []
         for (t, c_cfg, n, s), run in zip(_CFG, cifar_strides(nominal, cifar)):
@@ -77,12 +74,9 @@ class MobileNeXt(StagedClassifier):
             downsamples += [s == 2] + [False] * (n - 1)
             c = out
         _, stages = split_stages(blocks, downsamples)
-        head = classifier = None
-        if include_top:
-            head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes))
+        head, classifier = pooled_top(include_top, c, num_classes, dropout)
         channels = [stage[-1].expand.conv.out_channels for stage in stages]
-        super().__init__(stem_conv, stages, channels, head, classifier, input_scale)
+        super().__init__(stem_mod, stages, channels, head, classifier, input_scale)
 
 
 @register_model

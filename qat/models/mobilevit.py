@@ -31,11 +31,18 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from qat.models.mobilenet import StagedClassifier, check_stem, cifar_strides, init_weights, split_stages
+from qat.models.base import (
+    StagedClassifier,
+    check_stem,
+    cifar_strides,
+    init_weights,
+    pooled_top,
+    split_stages,
+    stem_conv,
+)
 from qat.models.registry import register_model
 from qat.nn.blocks.mobilenet import InvertedResidual
 from qat.nn.blocks.mobilevit import MobileViTBlock
-from qat.nn.conv import ConvModule2d
 
 __all__ = ["MOBILEVIT_CONFIGS", "MobileViT", "mobilevit_s", "mobilevit_xs", "mobilevit_xxs"]
 
@@ -69,7 +76,7 @@ class MobileViT(StagedClassifier):
         cifar = check_stem(stem)
         if len(channels) != 5 or len(transformer_dims) != 3:
             raise ValueError("MobileViT needs 5 stage widths and 3 transformer widths")
-        stem_mod = ConvModule2d(3, _STEM, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="silu")
+        stem_mod = stem_conv(_STEM, cifar, "silu")
         # (out, stride, transformer dim, depth) per block (dim 0: inverted residual); in stages 2-4 a
         # MobileViT block follows the stride-2 inverted residual
         specs = [(channels[0], 1, 0, 0), (channels[1], 2, 0, 0), (channels[1], 1, 0, 0), (channels[1], 1, 0, 0)]
@@ -86,14 +93,7 @@ class MobileViT(StagedClassifier):
             blocks.append(block)
             c_in = c_out
         pre, stages = split_stages(blocks, [s == 2 for s in nominal])
-        head = classifier = None
-        if include_top:
-            head = nn.Sequential(
-                ConvModule2d(c_in, head_channels, 1, norm_layer="bn", act_layer="silu"),
-                nn.AdaptiveAvgPool2d(1),
-                nn.Flatten(1),
-            )
-            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_channels, num_classes))
+        head, classifier = pooled_top(include_top, c_in, num_classes, dropout, head_channels=head_channels, act_layer="silu")
         super().__init__(nn.Sequential(stem_mod, *pre), stages, channels[1:], head, classifier, input_scale)
         init_weights(self)
 

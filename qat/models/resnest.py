@@ -23,12 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
-from qat.models.mobilenet import StagedClassifier, check_stem, init_weights
+from qat.models.base import StagedClassifier, bottleneck_stages, check_stem, deep_stem, init_weights, pooled_top
 from qat.models.registry import register_model
 from qat.nn.blocks.resnest import ResNeStBottleneck
-from qat.nn.conv import ConvModule2d
 
 __all__ = ["ResNeSt"]
 
@@ -58,26 +55,15 @@ class ResNeSt(StagedClassifier):
         if len(layers) != 4:
             raise ValueError(f"layers needs 4 block counts, got {len(layers)}")
         cifar = check_stem(stem)
-        c = stem_width * 2
-        stem_mod = nn.Sequential(
-            ConvModule2d(3, stem_width, 3, 1 if cifar else 2, 1, bias=False, norm_layer="bn", act_layer="relu"),
-            ConvModule2d(stem_width, stem_width, 3, 1, 1, bias=False, norm_layer="bn", act_layer="relu"),
-            ConvModule2d(stem_width, c, 3, 1, 1, bias=False, norm_layer="bn", act_layer="relu"),
-            nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1),
+        stem_mod = deep_stem(stem_width, cifar)
+        stages, channels = bottleneck_stages(
+            lambda c_in, planes, stride: ResNeStBottleneck(c_in, planes, stride, radix, cardinality, base_width),
+            layers,
+            _PLANES,
+            stem_width * 2,
+            ResNeStBottleneck.expansion,
         )
-        stages, channels = [], []
-        for i, (planes, n) in enumerate(zip(_PLANES, layers)):
-            blocks = []
-            for j in range(n):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(ResNeStBottleneck(c, planes, stride, radix, cardinality, base_width))
-                c = planes * ResNeStBottleneck.expansion
-            stages.append(nn.Sequential(*blocks))
-            channels.append(c)
-        head = classifier = None
-        if include_top:
-            head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes))
+        head, classifier = pooled_top(include_top, channels[-1], num_classes, dropout)
         super().__init__(stem_mod, stages, channels, head, classifier, input_scale)
         init_weights(self, linear=None)
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from qat.models.base import check_stem, dequant_features, feature_dequants, stem_conv
 from qat.models.registry import register_model
 from qat.nn.blocks.shufflenet import ShuffleV2Block
 from qat.nn.conv import ConvModule2d
@@ -53,14 +54,12 @@ class ShuffleNetV2(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        cifar = check_stem(stem)
         if len(stage_channels) != 5:
             raise ValueError("stage_channels needs 5 entries: stem, stage2, stage3, stage4, conv5")
-        cifar = stem == "cifar"
         self.quant = QuantStub(scale=input_scale)
         c = stage_channels[0]
-        self.conv1 = ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu")
+        self.conv1 = stem_conv(c, cifar, "relu")
         self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1)
         stages = []
         for repeats, out in zip(_REPEATS, stage_channels[1:4]):
@@ -77,7 +76,7 @@ class ShuffleNetV2(nn.Module):
             self.fc = nn.Linear(stage_channels[4], num_classes)
             self.dequant = DeQuantStub()
         else:
-            self.dequants = nn.ModuleList(DeQuantStub() for _ in range(4))
+            self.dequants = feature_dequants(4)
         self.feature_channels = list(stage_channels[:4])
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
@@ -88,7 +87,7 @@ class ShuffleNetV2(nn.Module):
         features = [x]
         for stage in (self.stage2, self.stage3, self.stage4):
             features.append(stage(features[-1]))
-        return [dq(f) for dq, f in zip(self.dequants, features)]
+        return dequant_features(self.dequants, features)
 
 
 def _build(channels: Sequence[int], num_classes: int, **kwargs) -> ShuffleNetV2:

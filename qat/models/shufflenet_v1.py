@@ -23,10 +23,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from qat.models.mobilenet import StagedClassifier, check_stem, init_weights
+from qat.models.base import StagedClassifier, check_stem, init_weights, pooled_top, stem_conv
 from qat.models.registry import register_model
 from qat.nn.blocks.shufflenet_v1 import ShuffleV1Block
-from qat.nn.conv import ConvModule2d
 
 __all__ = [
     "STAGE_CHANNELS",
@@ -75,7 +74,7 @@ class ShuffleNetV1(StagedClassifier):
         c = stage_channels[0]
         stages = [
             nn.Sequential(
-                ConvModule2d(3, c, 3, 1 if cifar else 2, 1, norm_layer="bn", act_layer="relu"),
+                stem_conv(c, cifar, "relu"),
                 nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1),
             )
         ]
@@ -84,10 +83,7 @@ class ShuffleNetV1(StagedClassifier):
             blocks += [ShuffleV1Block(out, out, 1, groups) for _ in range(repeats - 1)]
             stages.append(nn.Sequential(*blocks))
             c = out
-        head = classifier = None
-        if include_top:
-            head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes, bias=False))
+        head, classifier = pooled_top(include_top, c, num_classes, dropout, bias=False)
         super().__init__(nn.Identity(), stages, stage_channels, head, classifier, input_scale)
         init_weights(self, linear=None)
         if include_top:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import qat.nn as qnn
+from qat.models.base import check_stem, stem_conv
 from qat.models.registry import register_model
 
 __all__ = ["TinyConvNet", "tiny_convnet"]
@@ -43,14 +44,10 @@ class TinyConvNet(nn.Module):
         act_layer: str = "relu",
     ) -> None:
         super().__init__()
-        if stem not in ("cifar", "imagenet"):
-            raise ValueError(f"unknown stem {stem!r}; use 'cifar' (small images) or 'imagenet'")
+        cifar = check_stem(stem)
         self.quant = qnn.QuantStub(scale=input_scale)
-        stride = 1 if stem == "cifar" else 2
-        layers: list[nn.Module] = [
-            qnn.ConvModule2d(3, width, 3, stride=stride, padding=1, norm_layer="bn", act_layer=act_layer)
-        ]
-        if stem == "imagenet":
+        layers: list[nn.Module] = [stem_conv(width, cifar, act_layer)]
+        if not cifar:
             layers.append(nn.MaxPool2d(3, stride=2, padding=1))
         self.stem = nn.Sequential(*layers)
         self.block1 = _ResidualBlock(width, act_layer)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from qat.models.mobilenet import StagedClassifier, check_stem, init_weights
+from qat.models.base import FixedStagedClassifier, stem_conv
 from qat.models.registry import register_model
 from qat.nn.blocks.xception import SeparableConvBN, XceptionBlock
 from qat.nn.conv import ConvModule2d
@@ -38,21 +38,16 @@ STAGE_CHANNELS = (128, 256, 728, 2048)
 _MIDDLE_BLOCKS = 8
 
 
-class Xception(StagedClassifier):
+class Xception(FixedStagedClassifier):
     """Xception: deep stack of depthwise-separable convs with residual connections."""
 
-    def __init__(
-        self,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        include_top: bool = True,
-        input_scale: float | None = 1 / 128,
-        dropout: float = 0.0,
-    ) -> None:
-        cifar = check_stem(stem)
+    STAGE_CHANNELS = STAGE_CHANNELS
+
+    @classmethod
+    def build(cls, cifar: bool) -> tuple[nn.Module, list[nn.Module]]:
         pad = 1 if cifar else 0
         stem_mod = nn.Sequential(
-            ConvModule2d(3, 32, 3, 1 if cifar else 2, pad, bias=False, norm_layer="bn", act_layer="relu"),
+            stem_conv(32, cifar, "relu", padding=pad, bias=False),
             ConvModule2d(32, 64, 3, 1, pad, bias=False, norm_layer="bn", act_layer="relu"),
         )
         stages = [
@@ -65,12 +60,7 @@ class Xception(StagedClassifier):
                 SeparableConvBN(1536, 2048, act_layer="relu"),
             ),
         ]
-        head = classifier = None
-        if include_top:
-            head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-            classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(STAGE_CHANNELS[-1], num_classes))
-        super().__init__(stem_mod, stages, STAGE_CHANNELS, head, classifier, input_scale)
-        init_weights(self, linear=None)
+        return stem_mod, stages
 
 
 @register_model

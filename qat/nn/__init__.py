@@ -16,7 +16,7 @@ from qat.nn.activations import (
 )
 from qat.nn.blocks import *  # noqa: F403
 from qat.nn.conv import ChannelScale2d, ConvModule2d, PixelShuffleUp, get_norm
-from qat.nn.functional import Add, AddReLU, AddScalar, Cat, MatMul, Mul, MulScalar
+from qat.nn.functional import Add, AddReLU, AddScalar, Cat, FloatFunctional, MatMul, Mul, MulScalar
 from qat.nn.misc import Interpolate, SpaceToDepth
 from qat.nn.se import SqueezeExcite, make_divisible
 from qat.nn.stubs import DeQuantStub, QuantStub
@@ -30,6 +30,7 @@ __all__ = [
     "ChannelScale2d",
     "ConvModule2d",
     "DeQuantStub",
+    "FloatFunctional",
     "Hardsigmoid",
     "Hardswish",
     "Interpolate",

@@ -2,21 +2,24 @@
 
 Each wrapper owns one ``FloatFunctional``: use a separate instance for every call site
 (sharing one instance shares its observer, which ``qat.quant.check_model`` reports).
+:class:`FloatFunctional` itself (torch's and Horizon's spelling: ``ff.add(a, b)``, ``ff.sub``,
+``ff.mean(x, dim)``...) is here for ported models; it quantizes exactly as these wrappers do.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from qat.quant.backend import FloatFunctional
+from qat.quant.backend import FloatFunctional as _TorchFloatFunctional
+from qat.quant.float_functional import FloatFunctional
 
-__all__ = ["Add", "AddReLU", "AddScalar", "Cat", "MatMul", "Mul", "MulScalar"]
+__all__ = ["Add", "AddReLU", "AddScalar", "Cat", "FloatFunctional", "MatMul", "Mul", "MulScalar"]
 
 
 class _FunctionalOp(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.op = FloatFunctional()
+        self.op = _TorchFloatFunctional()
 
 
 class Add(_FunctionalOp):

@@ -20,6 +20,8 @@ from qat.quant.fuse import replace_module
 __all__ = [
     "channels_last",
     "compare_latency",
+    "count_macs",
+    "model_complexity",
     "cpu_description",
     "fold_batchnorm",
     "measure_latency",
@@ -98,8 +100,8 @@ def channels_last(model: nn.Module) -> nn.Module:
 def torchscript(model: nn.Module, example: Tensor, optimize: bool = False) -> nn.Module:
     """``model`` traced on ``example`` and frozen: how a model ships without Python.
 
-    At batch 1 an eager int8 model spends much of its time in Python between kernels (HENet
-    TinyM: 5.9 ms eager, 3.7 ms traced, 2 threads), so deployed latency is TorchScript's.
+    At batch 1 an eager int8 model spends much of its time in Python between kernels
+    (BENCHMARKS.md §3, "Figures cited in the code"), so deployed latency is TorchScript's.
     ``optimize`` adds ``torch.jit.optimize_for_inference`` (fp32: oneDNN weight layouts), often
     fp32's fastest form. int8 keeps qat's kernels (``qat::lut_u8``, ``qat::channel_gate_u8``)
     where the CPU runs them fast.
@@ -177,3 +179,27 @@ def quantize_for_timing(model: nn.Module, example: Tensor, target: str = "x86") 
     """A real int8 model of ``model`` calibrated on ``example`` alone: right layers and sizes for
     size and latency measurements, not for accuracy (that needs calibration on real data)."""
     return convert(calibrate(prepare_calibration(model, target), [example]))
+
+
+def count_macs(model: nn.Module, x: Tensor) -> int:
+    """Multiply-accumulates of one eval forward: convs, linears and matmuls (``torch.utils.flop_counter``'s
+    FLOPs / 2; pooling, normalisation and activations are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    # not under no_grad: its module tracker fails on views made there of parameters (HENet's layer scales)
+    with counter:
+        model.eval()(x)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def model_complexity(model: nn.Module, example: Tensor) -> dict[str, int | list[int]]:
+    """Parameters and MACs per sample of ``model`` at ``example``'s input shape, as papers print them."""
+    x = example[:1]
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": count_macs(model, x),
+        "input_shape": list(x.shape),
+    }

@@ -1,4 +1,5 @@
-"""Training callbacks: QAT schedule (BN / observer freezing), DDP state sync, NaN-loss guard, step timing."""
+"""Training callbacks: QAT schedule (BN / observer freezing), DDP state sync, NaN-loss guard, step timing,
+last-epoch training accuracy."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from qat.pipeline.errors import NaNLossError
 from qat.quant import freeze_activation_observers, freeze_bn_stats
 
-__all__ = ["FreezeBNStats", "FreezeObservers", "NaNLossGuard", "StepTimer", "SyncRankState"]
+__all__ = ["FreezeBNStats", "FreezeObservers", "NaNLossGuard", "StepTimer", "SyncRankState", "TrainTop1"]
 
 
 def _inner(pl_module: pl.LightningModule) -> torch.nn.Module:
@@ -79,18 +80,25 @@ class NaNLossGuard(pl.Callback):
     def __init__(self, stage: str) -> None:
         self.stage = stage
 
+    def advice(self, model: torch.nn.Module) -> str:
+        """What to change. Freezing BN is offered only when the model still has BN layers
+        (``quant.bn=track``); with ``quant.bn=fold`` they were folded into the convs."""
+        if self.stage == "float":
+            return (
+                "lower the learning rate (optim.optimizer.lr=...) or raise warm-up "
+                "(optim.scheduler.warmup_fraction=0.1)"
+            )
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        freeze = "freeze BN earlier (quant.freeze_bn_epoch=0), " if has_bn else ""
+        return f"lower quant.lr_scale (e.g. 0.001), {freeze}or check the float checkpoint's accuracy"
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None or math.isfinite(float(loss)):
             return
-        advice = (
-            "lower the learning rate (optim.optimizer.lr=...) or raise warm-up (optim.scheduler.warmup_fraction=0.1)"
-            if self.stage == "float"
-            else "lower quant.lr_scale (e.g. 0.001), freeze BN earlier (quant.freeze_bn_epoch=0), or check the "
-            "float checkpoint's accuracy"
-        )
+        advice = self.advice(pl_module)
         raise NaNLossError(
             f"{self.stage} training loss became {float(loss)} at epoch {trainer.current_epoch}, step "
             f"{trainer.global_step}. Fix: {advice}; also check that inputs are normalised to [-1, 1]."
@@ -120,3 +128,18 @@ class StepTimer(pl.Callback):
     def median_s(self) -> float | None:
         times = self.times[self.warmup :] if len(self.times) > self.warmup else self.times
         return statistics.median(times) if times else None
+
+
+class TrainTop1(pl.Callback):
+    """The last training epoch's top-1 (train mode, augmented batches), as the module logged it.
+
+    Free to get, and what the post-stage health check compares the held-out top-1 with.
+    """
+
+    def __init__(self, key: str = "train/top1") -> None:
+        self.key = key
+        self.top1: float | None = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.key)
+        self.top1 = float(value) if value is not None else None

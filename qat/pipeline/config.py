@@ -1,15 +1,15 @@
-"""The Hydra config tree (``conf/``): group options, override validation, and composition for tests/tools."""
+"""The Hydra config tree (``conf/``): group options, override and value validation, composition for tests/tools."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qat.pipeline.errors import ConfigError, UnknownModelError, close_matches_hint
 
-__all__ = ["CONF_DIR", "GROUPS", "compose_config", "group_options", "validate_overrides"]
+__all__ = ["CONF_DIR", "GROUPS", "compose_config", "group_options", "validate_config", "validate_overrides"]
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "quant", "data", "trainer", "optim", "logger", "experiment")
@@ -39,12 +39,51 @@ def _check_choice(group: str, value: str, conf_dir: Path) -> None:
     )
 
 
+def _check_keys(parsed: list, conf_dir: Path) -> None:
+    """Refuse ``key=value`` overrides of keys the composed config lacks, naming the closest key.
+
+    Hydra's own message suggests ``+key=value``, which for a typo (``trainer.max_epoch``) only
+    moves the failure into the Trainer. Group sweeps leave the key set open, so they skip this.
+    """
+    plain = [
+        o
+        for o in parsed
+        if o.key_or_group not in GROUPS
+        and not (o.is_add() or o.is_force_add() or o.is_delete() or o.package)
+        and not o.key_or_group.startswith("hydra")
+        and "/" not in o.key_or_group  # a config group path (hydra/launcher=...), not a key
+    ]
+    groups = [o for o in parsed if o.key_or_group in GROUPS]
+    if not plain or any(o.is_sweep_override() for o in groups):
+        return
+    added = [o for o in parsed if o.key_or_group not in GROUPS and (o.is_add() or o.is_force_add())]
+    try:
+        cfg = _compose([o.input_line for o in (*groups, *added)], conf_dir)
+    except Exception:  # noqa: BLE001 - a composition problem is reported by Hydra itself
+        return
+    missing = object()
+    for override in plain:
+        key = override.key_or_group
+        if OmegaConf.select(cfg, key, default=missing) is not missing:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        while parent and not isinstance(OmegaConf.select(cfg, parent, default=None), DictConfig):
+            parent, _, leaf = parent.rpartition(".")  # the misspelt part is higher up
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        options = [str(k) for k in node] if isinstance(node, DictConfig) else []
+        hint = close_matches_hint(leaf, options, prefix=f"{parent}." if parent else "")
+        raise ConfigError(
+            f"unknown config key {key!r}.{hint} Fix the key's spelling "
+            f"(`python train.py --cfg job` prints every key), or add a new key with +{key}=..."
+        )
+
+
 def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
-    """Check config-group choices (``model=...``, ``quant=a,b``...) before Hydra composes anything.
+    """Check config-group choices (``model=...``, ``quant=a,b``...) and override keys before Hydra runs.
 
     Hydra's own message for a missing option lists every file; this one names the closest
-    matches (registered models for ``model=``) and says how to fix it. Overrides that are not
-    group choices, or sweeps that cannot be listed (globs, ranges), are left to Hydra.
+    matches (registered models for ``model=``) and says how to fix it; a misspelt key gets the
+    key it was meant to be. Sweeps that cannot be listed (globs, ranges) are left to Hydra.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -64,12 +103,40 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> N
         for value in values:
             if isinstance(value, str):
                 _check_choice(group, value, conf_dir)
+    _check_keys(parsed, conf_dir)
+
+
+# Integer settings that reach ``int()``, ``range`` or a DataLoader: (key, minimum).
+_INT_KEYS = (
+    ("trainer.max_epochs", 0),
+    ("quant.epochs", 0),
+    ("quant.calib_batches", 1),
+    ("precise_bn_batches", 0),
+    ("seed", None),
+)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the composed config's integer settings: one message with the key and a valid value."""
+    missing = object()
+    for key, minimum in _INT_KEYS:
+        value = OmegaConf.select(cfg, key, default=missing)
+        if value is missing or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} is not a whole number; set e.g. {key}={max(minimum or 0, 1)}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{key}={value} must be >= {minimum}; set e.g. {key}={max(minimum, 1)}")
 
 
 def compose_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides`` (as the CLI would), for tests and tools."""
+    validate_overrides(overrides, conf_dir)
+    return _compose(overrides, conf_dir)
+
+
+def _compose(overrides: Sequence[str], conf_dir: Path) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
-    validate_overrides(overrides, conf_dir)
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))

@@ -7,28 +7,38 @@ a held-out split for evaluation, and a calibration loader that reads the *traini
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+import random
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from qat.pipeline.errors import DataError
 
 __all__ = [
     "CIFAR10DataModule",
+    "ClassSubset",
     "ClassificationDataModule",
     "DigitsDataModule",
+    "EpochLoader",
+    "EpochSampler",
     "ImageFolderDataModule",
     "RandomFlip",
     "RandomShift",
+    "SeededSamples",
     "TensorImageDataset",
     "ToUnitRange",
+    "dataset_labels",
     "decode_image_folder",
+    "load_image",
+    "verify_images",
 ]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
@@ -95,12 +105,154 @@ class TensorImageDataset(Dataset):
         return img, int(self.labels[index])
 
 
+def epoch_seed(seed: int, salt: str, epoch: int) -> int:
+    """A 31-bit seed that depends on (seed, salt, epoch) only."""
+    digest = hashlib.sha256(f"{seed}/{salt}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def _seed_all(seed: int, devices: bool = True) -> None:
+    """Seed the generators transforms and layers draw from: torch's, numpy's and ``random``'s.
+
+    ``devices=False`` seeds torch's CPU generator only (what CPU transforms draw from), a hundred
+    times cheaper than ``torch.manual_seed``, which also seeds every accelerator's.
+    """
+    if devices:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """A random order of ``range(n)`` that is a function of ``(seed, salt, epoch)`` alone.
+
+    Yields ``(epoch seed, index)`` pairs for :class:`SeededSamples`, which seeds each sample's
+    augmentation from them: in the main process or in a worker, a sample's augmentation does not
+    depend on what ran before it. Lightning calls :meth:`set_epoch` at every epoch start, also in a
+    run resumed from a checkpoint; the order is drawn (and the main process's generators re-seeded,
+    for dropout) when the epoch's first batch is fetched, so a resumed epoch restarts exactly as the
+    uninterrupted run ran it.
+    """
+
+    def __init__(self, n: int, seed: int, salt: str) -> None:
+        self.n = n
+        self.seed = seed
+        self.salt = salt
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seed = epoch_seed(self.seed, self.salt, self.epoch)
+        _seed_all(seed)
+        for index in torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist():
+            yield seed, index
+
+
+class SeededSamples(Dataset):
+    """A dataset read with ``(seed, index)`` keys: the generators are seeded from both before ``dataset[index]``.
+
+    A plain ``index`` (e.g. from the DistributedSampler Lightning puts in under DDP) reads unseeded.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if isinstance(key, tuple):
+            seed, key = key
+            _seed_all((seed * 1_000_003 + key) % 2**31, devices=False)
+        return self.dataset[key]
+
+
+class _Deferred:
+    """An iterator that creates the loader's real iterator on the first ``next``.
+
+    Lightning creates the training iterator of a resumed run before it calls ``set_epoch``; worker
+    loaders fetch ahead as soon as they are created, so without this they would prefetch the order
+    of the wrong epoch.
+    """
+
+    def __init__(self, start: Callable[[], Iterator[Any]]) -> None:
+        self._start = start
+        self._iterator: Iterator[Any] | None = None
+
+    def __iter__(self) -> _Deferred:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
+
+
+class EpochLoader(DataLoader):
+    """A ``DataLoader`` whose iteration starts at the first batch (see :class:`_Deferred`)."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return _Deferred(super().__iter__)
+
+
+def _check_int(key: str, value: Any, minimum: int, note: str = "", valid: str = "") -> None:
+    """A whole-number data setting of at least ``minimum``, or a :class:`DataError` naming a valid value."""
+    fix = f"set {key} to {valid}" if valid else f"set e.g. {key}={max(minimum, 1)}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{key}={value!r} is not a whole number; {fix}")
+    if value < minimum:
+        extra = f" ({note})" if note else ""
+        raise DataError(f"{key}={value} must be >= {minimum}{extra}; {fix}")
+
+
+def load_image(path: str) -> Any:
+    """An RGB PIL image; an unreadable file is a :class:`DataError` naming it (not a PIL traceback)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = "not an image format PIL can decode" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise DataError(
+            f"cannot read image {path} ({reason}); remove or replace it "
+            "(data.verify=true checks every image once before training)"
+        ) from None
+
+
+def verify_images(folders: Sequence[Any]) -> int:
+    """Decode every image of the ``ImageFolder`` s once; all unreadable files in one :class:`DataError`."""
+    bad = []
+    count = 0
+    for folder in folders:
+        for path, _ in folder.samples:
+            count += 1
+            try:
+                load_image(path)
+            except DataError:
+                bad.append(path)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(f"{len(bad)} of {count} images cannot be read: {shown}; remove or replace them")
+    return count
+
+
 class ClassificationDataModule(pl.LightningDataModule):
     """Shared loaders and subsetting; subclasses build ``(train, val, calib)`` datasets in :meth:`build`.
 
     ``num_classes`` is checked against the data; ``stem`` is the model stem suited to the image
     size (read by the model config). ``limit`` caps every split at that many samples (a fixed,
-    seeded subset) for smoke runs and tests.
+    seeded subset) for smoke runs and tests. ``classes`` keeps only those class indices of the
+    data (relabelled 0..k-1 in the order given; ``num_classes`` must be k): fine-tuning on a
+    subset, or two disjoint halves of one data set.
     """
 
     name = "classification"
@@ -115,16 +267,33 @@ class ClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         limit: int | None = None,
         seed: int = 0,
+        classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        self.classes = _check_classes(classes, num_classes)
         self.num_classes = num_classes
         self.image_size = image_size
         self.stem = stem
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        _check_int(
+            "data.num_classes",
+            num_classes,
+            2,
+            "classification needs at least 2 classes",
+            "the data's class count (a one-class data set needs a second class)",
+        )
+        _check_int("data.image_size", image_size, 1)
+        _check_int("data.batch_size", batch_size, 1)
+        _check_int("data.eval_batch_size", eval_batch_size, 1)
+        _check_int("data.num_workers", num_workers, 0)
+        if limit is not None:
+            _check_int("data.limit", limit, 1, "or data.limit=null for all images")
         self.num_workers = num_workers
         self.limit = limit
         self.seed = seed
+        # the training stage being run ("float", "qat"): part of every epoch's seed
+        self.epoch_salt = "train"
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
         self._splits: tuple[Dataset, Dataset, Dataset] | None = None
 
@@ -138,6 +307,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         train, val, calib = self.build()
         if len(train) == 0 or len(val) == 0:
             raise DataError(f"{self.name}: empty split (train={len(train)}, held-out={len(val)}); check the data")
+        if self.classes is not None:
+            train, val, calib = (ClassSubset(ds, self.classes) for ds in (train, val, calib))
         if self.limit is not None:
             train, val, calib = self._subset(train, 0), self._subset(val, 1), self._subset(calib, 0)
         self._splits = (train, val, calib)
@@ -155,18 +326,32 @@ class ClassificationDataModule(pl.LightningDataModule):
         assert self._splits is not None
         return self._splits
 
-    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
-        return DataLoader(
+    def _loader(
+        self,
+        ds: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        sampler: Sampler | None = None,
+    ):
+        return (EpochLoader if sampler is not None else DataLoader)(
             ds,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.splits[0], self.batch_size, shuffle=True)
+        """Training batches in an order (and with augmentations) re-derived from (seed, stage, epoch).
+
+        ``epoch_salt`` names the training stage (set by the stage runner); see :class:`EpochSampler`.
+        """
+        train = self.splits[0]
+        sampler = EpochSampler(len(train), self.seed, self.epoch_salt)
+        return self._loader(SeededSamples(train), self.batch_size, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits[1], self.eval_batch_size, shuffle=False)
@@ -195,12 +380,70 @@ class ClassificationDataModule(pl.LightningDataModule):
         }
 
     def _check_num_classes(self, found: Sequence[str], where: str) -> None:
+        if self.classes is not None:
+            if max(self.classes) >= len(found):
+                raise DataError(
+                    f"data.classes={self.classes} names class {max(self.classes)} but {where} has {len(found)} "
+                    f"classes (0..{len(found) - 1}); pick indices from that range"
+                )
+            self.class_names = [str(found[i]) for i in self.classes]
+            return
+        if len(found) < 2:
+            raise DataError(
+                f"{where} has {len(found)} class(es) {list(found)}; classification needs at least 2: "
+                "add a folder of images for each further class"
+            )
         if len(found) != self.num_classes:
             raise DataError(
                 f"{where} has {len(found)} classes but data.num_classes={self.num_classes}; "
                 f"set data.num_classes={len(found)}"
             )
         self.class_names = list(found)
+
+
+def _check_classes(classes: Sequence[int] | None, num_classes: int) -> list[int] | None:
+    """``data.classes`` as a list of distinct class indices, as many as ``num_classes``."""
+    if classes is None:
+        return None
+    chosen = list(classes)
+    if not chosen or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in chosen):
+        raise DataError(f"data.classes={chosen!r}: give class indices, e.g. data.classes=[0,1,2,3,4]")
+    if len(set(chosen)) != len(chosen):
+        raise DataError(f"data.classes={chosen} repeats a class; list each class once")
+    if len(chosen) != num_classes:
+        raise DataError(
+            f"data.classes keeps {len(chosen)} classes but data.num_classes={num_classes}; "
+            f"set data.num_classes={len(chosen)}"
+        )
+    return chosen
+
+
+def dataset_labels(ds: Dataset) -> list[int]:
+    """Every sample's label, read from the dataset's label list when it has one (no image is decoded)."""
+    if isinstance(ds, Subset):
+        inner = dataset_labels(ds.dataset)
+        return [inner[i] for i in ds.indices]
+    for attr in ("labels", "targets"):
+        labels = getattr(ds, attr, None)
+        if labels is not None:
+            return [int(v) for v in labels]
+    return [int(ds[i][1]) for i in range(len(ds))]
+
+
+class ClassSubset(Dataset):
+    """The samples of ``classes`` only, relabelled ``classes[k] -> k``."""
+
+    def __init__(self, dataset: Dataset, classes: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.relabel = {c: k for k, c in enumerate(classes)}
+        self.indices = [i for i, y in enumerate(dataset_labels(dataset)) if y in self.relabel]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        x, y = self.dataset[self.indices[index]]
+        return x, self.relabel[int(y)]
 
 
 class DigitsDataModule(ClassificationDataModule):
@@ -380,7 +623,8 @@ class ImageFolderDataModule(ClassificationDataModule):
     ``in_memory=true`` decodes every image once, at ``image_size``, into one uint8 tensor and
     augments tensors: for small images (CIFAR's 50 000 at 32 px: 150 MiB, ~15 s to decode) it
     takes JPEG decoding out of every training step; the images are bit-identical to the ones the
-    file-reading path gives.
+    file-reading path gives. ``verify=true`` decodes every image once up front and lists all the
+    unreadable ones; otherwise the first unreadable image stops the run with its file name.
     """
 
     name = "imagefolder"
@@ -393,6 +637,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         augment: str = "auto",
         eval_split: str | None = None,
         in_memory: bool = False,
+        verify: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
@@ -400,6 +645,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.augment = augment
         self.eval_split = eval_split
         self.in_memory = in_memory
+        self.verify = verify
 
     def _split_dir(self, root: Path) -> tuple[Path, Path]:
         if not root.is_dir():
@@ -442,9 +688,12 @@ class ImageFolderDataModule(ClassificationDataModule):
                 f"({sorted(set(train_classes) ^ set(eval_classes))[:5]}...); they must match"
             )
         self._check_num_classes(train_classes, str(train_dir))
+        if self.verify:
+            verify_images([ImageFolder(str(d), loader=load_image) for d in (train_dir, eval_dir)])
         if self.in_memory:
             train_tf, eval_tf = _tensor_transforms(self.image_size, self.augment)
-            train_folder, eval_folder = ImageFolder(str(train_dir)), ImageFolder(str(eval_dir))
+            train_folder = ImageFolder(str(train_dir), loader=load_image)
+            eval_folder = ImageFolder(str(eval_dir), loader=load_image)
             _check_fits_in_memory(len(train_folder) + len(eval_folder), self.image_size)
             train_x, train_y = decode_image_folder(train_folder, self.image_size, f"decoding {train_dir}")
             eval_x, eval_y = decode_image_folder(eval_folder, self.image_size, f"decoding {eval_dir}")
@@ -455,7 +704,7 @@ class ImageFolderDataModule(ClassificationDataModule):
             )
         train_tf, eval_tf = _pil_transforms(self.image_size, self.augment)
         return (
-            ImageFolder(str(train_dir), transform=train_tf),
-            ImageFolder(str(eval_dir), transform=eval_tf),
-            ImageFolder(str(train_dir), transform=eval_tf),
+            ImageFolder(str(train_dir), transform=train_tf, loader=load_image),
+            ImageFolder(str(eval_dir), transform=eval_tf, loader=load_image),
+            ImageFolder(str(train_dir), transform=eval_tf, loader=load_image),
         )

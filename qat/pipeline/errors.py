@@ -16,15 +16,26 @@ __all__ = [
     "ModelRejectedError",
     "NaNLossError",
     "PipelineError",
+    "StageCollapseError",
     "UnknownModelError",
     "close_matches_hint",
+    "one_line",
 ]
 
 
-def close_matches_hint(name: str, options: Iterable[str]) -> str:
-    """`` Did you mean a, b?`` for the closest options, or an empty string."""
+def close_matches_hint(name: str, options: Iterable[str], prefix: str = "") -> str:
+    """`` Did you mean a, b?`` for the closest options (each shown after ``prefix``), or an empty string."""
     close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(close)}?" if close else ""
+    return f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user error, without the worker traceback a DataLoader worker wraps it in."""
+    text = str(err)
+    marker = f"{type(err).__name__}: "
+    if text.startswith("Caught ") and "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip()
 
 
 class PipelineError(Exception):
@@ -61,3 +72,7 @@ class NaNLossError(PipelineError):
 
 class ModelRejectedError(PipelineError):
     """``qat.quant.check_model`` found errors: the model would not quantize correctly."""
+
+
+class StageCollapseError(PipelineError):
+    """Held-out accuracy at chance while training accuracy is high (``health_check=error``)."""

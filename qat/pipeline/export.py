@@ -8,14 +8,16 @@ resolved run config; :func:`rebuild_int8` replays create_model → prepare → c
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from torch import Tensor, nn
 
 from qat.pipeline.benchmark import torchscript
+from qat.pipeline.checkpoints import safe_load
 from qat.pipeline.errors import CheckpointError
 from qat.pipeline.plan import QuantPlan
 from qat.quant import convert, get_qconfig, portable_int8, prepare_calibration
@@ -93,17 +95,65 @@ def find_int8_state(path: str | Path) -> Path:
 
 
 def load_int8_state(path: str | Path) -> dict[str, Any]:
-    """Read an exported ``int8_state.pt`` (checked for format)."""
+    """Read an exported ``int8_state.pt`` (``weights_only=True``: no code runs; checked for format)."""
     file = find_int8_state(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated")
-            payload = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {err}); re-export the run") from err
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated")
+        payload = safe_load(file, fix="rerun the quant=calib/qat run that exports it")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not an int8 export of this pipeline (expected format {FORMAT})")
+    config = payload.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds no run config; rerun the quant=calib/qat run that exports it")
+    for section, allowed in (("model", _is_model_factory), ("data", _is_data_module)):
+        _check_targets(config.get(section), section, allowed, file)
     return payload
+
+
+def _is_model_factory(obj: Any) -> bool:
+    """An ``nn.Module`` class, or a model builder of ``qat.models`` (``create_model`` and the registered ones)."""
+    builder = callable(obj) and str(getattr(obj, "__module__", "")).startswith("qat.models")
+    return builder or _is_module_class(obj)
+
+
+def _is_data_module(obj: Any) -> bool:
+    from qat.pipeline.data import ClassificationDataModule
+
+    return isinstance(obj, type) and issubclass(obj, ClassificationDataModule)
+
+
+def _check_targets(node: Any, where: str, allowed: Callable[[Any], bool], file: Path) -> None:
+    """Refuse an export whose config would make ``instantiate`` call anything but a model or data module.
+
+    The config comes from the file, so its ``_target_`` strings are as untrusted as a pickle: only
+    ``qat.models`` builders, ``nn.Module`` classes (nested ones too) and qat data modules may be
+    built. A target that cannot be imported is left to ``instantiate``'s own error (nothing runs).
+    """
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_targets(item, f"{where}[{i}]", _is_module_class, file)
+        return
+    if not isinstance(node, dict):
+        return
+    target = node.get("_target_")
+    if target is not None:
+        try:
+            obj = get_object(str(target))
+        except Exception:  # noqa: BLE001 - unimportable: instantiate reports it, and nothing was called
+            obj = None
+        if obj is not None and not allowed(obj):
+            raise CheckpointError(
+                f"{file} was refused: its config builds {where} with {target!r}, which is neither a model class "
+                "nor a qat data module, so loading it would run other code; it was crafted or edited -- "
+                "rerun the quant=calib/qat run that exports it"
+            )
+    for key, value in node.items():
+        if key != "_target_":
+            _check_targets(value, f"{where}.{key}", _is_module_class, file)
+
+
+def _is_module_class(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
 
 
 def plan_from_config(config: dict[str, Any]) -> QuantPlan:
@@ -117,7 +167,12 @@ def rebuild_int8(payload: dict[str, Any]) -> nn.Module:
     plan = plan_from_config(config)
     model = instantiate(config["model"])
     fake_quant = prepare_calibration(
-        model, plan.target, activation_observer=plan.calib_observer, high_precision_output=plan.high_precision_output
+        model,
+        plan.target,
+        activation_observer=plan.calib_observer,
+        high_precision_output=plan.high_precision_output,
+        keep_float=plan.keep_float,
+        int16=plan.int16,
     )
     with torch.no_grad():
         fake_quant(torch.zeros(1, *payload["input_shape"]))

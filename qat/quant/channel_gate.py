@@ -2,8 +2,8 @@
 
 A block declares ``int8_fused = "channel_gate"`` when its forward is
 ``mul(x, gate(expand(reduce(pool(x)))))`` (:class:`qat.nn.SqueezeExcite`). torch runs the int8
-form as seven ops, most of them on a 1×1 map where per-call overhead is all there is: about 50 µs
-per gate, 0.39 of 1.49 ms in MobileNetV3-Large's int8 TorchScript (AVX-512 EPYC, 2 threads).
+form as seven ops, most of them on a 1×1 map where per-call overhead is all there is (measured in
+BENCHMARKS.md §3, "Figures cited in the code").
 :class:`FusedChannelGate` keeps the converted parts (the same ``state_dict``) and, where
 :func:`~qat.quant.lut_kernel.use_channel_gate_kernel` allows, calls the fused op instead. It rounds
 at every point the op chain rounds; the one difference is the pool's mean, exact here and a float

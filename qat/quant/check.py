@@ -32,6 +32,7 @@ from qat.quant.backend import (
     QuantStub,
     get_default_static_quant_module_mappings,
 )
+from qat.quant.float_functional import FF_METHODS
 from qat.quant.fuse import collect_patterns
 from qat.quant.int8_ops import policy_for
 
@@ -48,7 +49,7 @@ _ARITH_GROUPS = {
 }
 _ARITH = {name: key for key, names in _ARITH_GROUPS.items() for name in names}
 _FIX = {
-    "add": "qat.nn.Add", "sub": "qat.nn.Add with a negated input", "mul": "qat.nn.Mul (or MulScalar)",
+    "add": "qat.nn.Add", "sub": "qat.nn.FloatFunctional (its .sub)", "mul": "qat.nn.Mul (or MulScalar)",
     "div": "qat.nn.MulScalar(1/c)", "matmul": "qat.nn.MatMul", "cat": "qat.nn.Cat", "stack": "qat.nn.Cat",
 }  # fmt: skip
 _FUNCTIONAL_ACTS = {
@@ -238,8 +239,9 @@ def check_model(model: nn.Module, example_input: Any, raise_on_error: bool = Fal
         handles.append(mod.register_forward_pre_hook(pre_hook))
         handles.append(mod.register_forward_hook(post_hook))
         if isinstance(mod, FloatFunctional):
-            for meth in ("add", "add_scalar", "mul", "mul_scalar", "cat", "add_relu", "matmul"):
-                _wrap_ff_method(mod, meth, names[mod], ff_depth, counts)
+            for meth in FF_METHODS:
+                if hasattr(mod, meth):  # torch's FloatFunctional lacks Horizon's sub/sum/mean
+                    _wrap_ff_method(mod, meth, names[mod], ff_depth, counts)
 
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     try:

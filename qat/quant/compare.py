@@ -1,4 +1,7 @@
-"""Agreement between two models on the same inputs (fake-quant vs int8, float vs int8)."""
+"""Agreement between two models on the same inputs (fake-quant vs int8, float vs int8).
+
+Per-layer comparison is :func:`qat.analysis.layer_similarity`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from qat.quant.backend import nnq
+from qat.quant.float_functional import FF_METHODS
 
-__all__ = ["compare_layers", "compare_outputs", "replay_ops"]
+__all__ = ["compare_outputs", "replay_ops"]
 
 
 @torch.no_grad()
@@ -43,43 +47,7 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module, batches: Iterabl
     }
 
 
-@torch.no_grad()
-def compare_layers(reference: nn.Module, candidate: nn.Module, x: Tensor) -> list[tuple[str, float]]:
-    """Per-layer relative L2 error of ``candidate`` (e.g. int8) against ``reference`` (fake-quant).
-
-    Outputs of same-named modules are captured with hooks (int8 ones dequantized); returned in
-    execution order, so the first large error points at the op where the models part ways.
-    """
-    captured: dict[str, dict[str, Tensor]] = {"ref": {}, "cand": {}}
-
-    def grab(store: dict[str, Tensor], name: str):
-        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-            if isinstance(out, Tensor) and name not in store:
-                store[name] = out.dequantize() if out.is_quantized else out.float()
-
-        return hook
-
-    handles = []
-    for key, model in (("ref", reference), ("cand", candidate)):
-        model.eval()
-        for name, mod in model.named_modules():
-            if name and "activation_post_process" not in name and "fake_quant" not in name:
-                handles.append(mod.register_forward_hook(grab(captured[key], name)))
-    try:
-        reference(x)
-        candidate(x)
-    finally:
-        for h in handles:
-            h.remove()
-    rows = []
-    for name, ref in captured["ref"].items():
-        cand = captured["cand"].get(name)
-        if cand is not None and cand.shape == ref.shape:
-            rows.append((name, float((cand - ref).norm() / ref.norm().clamp_min(1e-12))))
-    return rows
-
-
-_QF_METHODS = ("add", "add_relu", "mul", "mul_scalar", "add_scalar", "matmul", "cat")
+_QF_METHODS = FF_METHODS
 
 
 @torch.no_grad()
@@ -101,7 +69,7 @@ def replay_ops(fake_quant_model: nn.Module, int8_model: nn.Module, x: Tensor) ->
         if getattr(mod, "int8_composite", False):
             composites.append(path)
         if hasattr(mod, "add_relu") and hasattr(mod, "mul_scalar"):  # a QFunctional
-            for meth in _QF_METHODS:
+            for meth in (m for m in _QF_METHODS if hasattr(mod, m)):
                 original = getattr(mod, meth)
 
                 def wrapped(*args, _o=original, _p=path, _m=meth, **kwargs):

@@ -4,16 +4,18 @@ Each keeps the output codes of the layer it replaces, or computes fake-quant's o
 
 - fbgemm runs depthwise convs on a dedicated fast path only for square 3/5/7 kernels and, past 100
   channels, only for channel counts divisible by 8; anything else takes its generic grouped path,
-  measured 50-80x slower (AVX-512 EPYC, torch 2.14). Zero weights add nothing to an int32
+  many times slower. Zero weights add nothing to an int32
   accumulation and depthwise channels are computed independently, so padding kernels and
   splitting channels keep every output code.
 - torch's quantized add/mul of a channels-last and an NCHW tensor of the same shape walks a
-  strided loop, measured 30x slower than two of one layout (667 vs 22 µs on 40×56×56; fbgemm's
-  convs return channels-last, resizes and concats NCHW). Aligning the layouts first changes no value.
+  strided loop, far slower than two of one layout (fbgemm's convs return channels-last, resizes
+  and concats NCHW). Aligning the layouts first changes no value.
 - torch's quantized mul with broadcasting (SE gates ``[N, C, 1, 1]``, spatial weights
-  ``[N, 1, H, W]``) is 2-8x slower than ``quantize(dequantize(x) * dequantize(y))`` (245 vs 30 µs
-  on 40×56×56 by a channel gate), which is what fake-quant computes; the two round differently
-  on near-ties only.
+  ``[N, 1, H, W]``) is slower than ``quantize(dequantize(x) * dequantize(y))``, which is what
+  fake-quant computes; the two round differently on near-ties only.
+
+The measurements behind each rewrite are in BENCHMARKS.md §3 ("int8 slow paths found with
+``torch.profiler``" and "Figures cited in the code").
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _square_depthwise_kernels(model: nn.Module) -> None:
     """Zero-pad int8 depthwise kernels like (1, 5) / (5, 1) to (5, 5), adjusting the padding.
 
     fbgemm and QNNPACK run only square depthwise kernels on their fast path; HENet's AltDWCB
-    (1, 5) kernels otherwise take the generic grouped path, measured ~50x slower. Zero weights
+    (1, 5) kernels otherwise take the generic grouped path (BENCHMARKS.md §3). Zero weights
     add nothing to the int32 accumulation, so the outputs are bit-identical.
     """
     for m in model.modules():
@@ -94,9 +96,8 @@ def _square_depthwise_kernels(model: nn.Module) -> None:
 
 
 #: Past ``_ANY_CHANNELS`` channels fbgemm's depthwise fast path needs a channel count divisible by
-#: ``_DEPTHWISE_CHANNEL_MULTIPLE`` (measured at 14×14, 1 thread: 102-598 channels not divisible by 8
-#: take 1.4-8 ms, their multiples of 8 20-41 µs). At or below it any count is fast, and a split
-#: would only add its slice-and-concat copies (measured 2-3x slower there).
+#: ``_DEPTHWISE_CHANNEL_MULTIPLE`` (BENCHMARKS.md §3). At or below it any count is fast, and a split
+#: would only add its slice-and-concat copies.
 _DEPTHWISE_CHANNEL_MULTIPLE = 8
 _ANY_CHANNELS = 100
 
@@ -104,8 +105,8 @@ _ANY_CHANNELS = 100
 class SplitDepthwiseConv2d(nn.Module):
     """An int8 depthwise conv run as two: the first ``split`` channels (a multiple of 8) and the rest.
 
-    ShuffleNetV2 x1.0's 116-channel depthwise convs take 1.6 ms each in fbgemm's generic path and
-    20 µs on its fast one; both halves here have a fast path, and share the output grid, so the
+    ShuffleNetV2 x1.0's 116-channel depthwise convs take fbgemm's slow generic path; both halves
+    here have a fast path, and share the output grid, so the
     concatenation equals the original conv code for code. The module keeps the original's
     attributes a caller may read (channels, scale, zero point).
     """

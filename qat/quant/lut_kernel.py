@@ -2,14 +2,15 @@
 
 An elementwise activation on int8 codes is a 256-entry table (see :mod:`qat.quant.int8_ops`).
 PyTorch has no table-lookup kernel for quantized tensors, so ``csrc/lut_u8.cpp`` adds one: on
-CPUs with AVX-512 VBMI it looks up 64 codes per two instructions (6.6 µs on a 128×56×56 map
-against 127 µs for dequantize → exact GELU → quantize, 2 threads). ``csrc/channel_gate_u8.cpp``
+CPUs with AVX-512 VBMI it looks up 64 codes per two instructions. ``csrc/channel_gate_u8.cpp``
 runs a whole squeeze-and-excitation gate (pool, two 1×1 convs, activation tables, multiply) as
 one call where torch needs seven (:mod:`qat.quant.channel_gate`). Both are compiled once with
-torch's ``cpp_extension`` (about 7 s; cached under ``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``) the first time ``convert`` builds an int8 activation or SE gate.
+torch's ``cpp_extension`` (cached under ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``) the first time ``convert`` builds an int8 activation or SE gate, on
+x86-64 CPUs with AVX-512 VBMI or VNNI only (their sources use x86 intrinsics). Their speed-ups
+and build time are in BENCHMARKS.md §3 ("Figures cited in the code").
 
-Nothing depends on them: without a compiler, without the AVX-512 they are written for, with
+Nothing depends on them: on other CPUs (one warning says why), without a compiler, with
 ``QAT_LUT_KERNEL=0``, or inside :func:`portable_int8`, the same layers run as stock torch ops.
 """
 
@@ -19,6 +20,7 @@ import contextlib
 import functools
 import logging
 import os
+import platform
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,13 +33,44 @@ __all__ = [
     "lut_kernel_available",
     "lut_u8",
     "portable_int8",
+    "unsupported_platform",
     "use_channel_gate_kernel",
     "use_lut_kernel",
 ]
 
 _SOURCES = [Path(__file__).with_name("csrc") / f for f in ("lut_u8.cpp", "channel_gate_u8.cpp")]
 _ENV = "QAT_LUT_KERNEL"
+_X86_64 = ("x86_64", "amd64")
+# lut_u8's 64-byte lookup needs AVX-512 VBMI, channel_gate_u8's int8 dot products AVX-512 VNNI
+_CPU_FLAGS = ("avx512vbmi", "avx512_vnni")
 _portable_depth = 0
+
+
+def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux), or None where it cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def unsupported_platform() -> str | None:
+    """Why the kernels cannot run here (not x86-64, or an x86-64 CPU without AVX-512 VBMI/VNNI), or None.
+
+    The sources include ``<immintrin.h>``: compiling them anywhere else only fails. Where the CPU
+    flags cannot be read (non-Linux x86-64) the build is tried and the kernels query the CPU.
+    """
+    machine = platform.machine()
+    if machine.lower() not in _X86_64:
+        return f"they are written for x86-64 CPUs and this machine is {machine or 'of unknown architecture'}"
+    flags = _cpu_flags()
+    if flags is not None and not flags.intersection(_CPU_FLAGS):
+        return "this x86-64 CPU has neither AVX-512 VBMI nor AVX-512 VNNI, which they are written for"
+    return None
 
 
 @contextlib.contextmanager
@@ -63,6 +96,15 @@ def _ninja_on_path() -> Iterator[None]:
 def lut_kernel_available() -> bool:
     """Build (first call only) and load qat's kernels; False, with one warning, if they cannot be."""
     if os.environ.get(_ENV, "1") == "0":
+        return False
+    reason = unsupported_platform()
+    if reason is not None:
+        warnings.warn(
+            f"qat: the int8 kernels (qat/quant/csrc) are not used: {reason}; int8 activations and SE gates "
+            f"run as stock torch ops (same codes). Set {_ENV}=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level

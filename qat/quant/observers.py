@@ -1,19 +1,23 @@
-"""Observers beyond torch's: percentile and MSE for activations, current min-max for weights.
+"""Observers beyond torch's: percentile, MSE and KL for activations, current min-max for weights.
 
 Horizon recommends MSE or percentile (99.975) for activation calibration and min-max for
-weights. Both activation observers keep a running mean of per-batch clipping ranges, so they
-also work as slowly-updating observers during QAT. Weights change at every QAT step, so their
-observer takes the per-channel range of the weights as they are now.
+weights. Both keep a running mean of per-batch clipping ranges, so they also work as
+slowly-updating observers during QAT. The KL observer is TensorRT's entropy calibration: it
+accumulates a histogram over all batches and clips where the quantized histogram loses the least
+information. Weights change at every QAT step, so their observer takes the per-channel range of
+the weights as they are now.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
 
 from qat.quant.backend import MinMaxObserver, PerChannelMinMaxObserver
 
-__all__ = ["CurrentPerChannelMinMaxObserver", "MSEObserver", "PercentileObserver"]
+__all__ = ["CurrentPerChannelMinMaxObserver", "KLObserver", "MSEObserver", "PercentileObserver", "kl_threshold"]
 
 _MAX_SAMPLES = 1 << 18  # values drawn per batch: ranges of huge tensors are estimated on a sample
 
@@ -96,6 +100,138 @@ class MSEObserver(_RunningRangeObserver):
             if best_err is None or err < best_err:
                 best, best_err = (lo, hi), err
         return best
+
+
+def _xlogx(t: Tensor) -> Tensor:
+    return torch.where(t > 0, t * t.clamp_min(1e-300).log(), t.new_zeros(()))
+
+
+@functools.lru_cache(maxsize=8)
+def _group_bounds(bins: int, levels: int, start_bin: int) -> tuple[Tensor, Tensor]:
+    """Candidates ``i`` and, per candidate, the first bin of each of ``levels`` groups plus the end ``i``.
+
+    Bin ``j < i`` falls in group ``j · levels // i``, so group ``l`` starts at ``ceil(l · i / levels)``.
+    The same for every call with these sizes, hence cached.
+    """
+    i = torch.arange(start_bin, bins + 1)
+    group = torch.arange(levels + 1)
+    return i, (group[None, :] * i[:, None] + levels - 1) // levels
+
+
+def kl_divergences(hist: Tensor, levels: int, start_bin: int = 128) -> tuple[Tensor, Tensor]:
+    """KL(P‖Q) of every candidate clipping bin count ``i`` in ``start_bin..len(hist)``, vectorised.
+
+    TensorRT's entropy calibration, per candidate ``i``: the reference P is the first ``i`` bins
+    with every count beyond them added to bin ``i − 1`` (clipped values land on the top level);
+    the candidate Q merges those ``i`` bins into ``levels`` equal groups (bin ``j`` into group
+    ``j · levels // i``) and spreads each group's count evenly over its non-empty bins. With P and Q
+    normalised, ``KL = Σ p log(p / q)``: infinite where P has mass that Q has not (an empty last
+    bin under clipped values). Each group's count and non-empty-bin count come from prefix sums,
+    so a candidate costs ``levels`` gathers rather than a pass over its ``i`` bins.
+    Returns ``(candidates, divergences)``.
+    """
+    h = hist.detach().double().flatten().cpu()
+    n = h.numel()
+    i, bounds = _group_bounds(n, levels, start_bin)
+    zero = h.new_zeros(1)
+    counts = torch.cat([zero, h.cumsum(0)])
+    nonzero = torch.cat([zero, (h > 0).double().cumsum(0)])
+    h_log_h = torch.cat([zero, _xlogx(h).cumsum(0)])
+    total = counts[-1]
+    outliers = total - counts[i]
+    p_log_p = h_log_h[i - 1] + _xlogx(h[i - 1] + outliers)  # Σ P log P, P unnormalised
+    sums = counts[bounds].diff(dim=1)
+    per_bin = sums / nonzero[bounds].diff(dim=1).clamp_min(1)  # Q on each non-empty bin, unnormalised
+    log_q = per_bin.clamp_min(1e-300).log()  # finite, so an empty group adds 0 · log_q = 0
+    top_group = ((i - 1) * levels // i)[:, None]  # the group of bin i − 1, where the clipped values go
+    p_log_q = (sums * log_q).sum(1) + outliers * log_q.gather(1, top_group).squeeze(1)
+    kl = (p_log_p - p_log_q) / total + torch.log(counts[i] / total)  # Σ Q = counts[i]
+    kl = torch.where((h[i - 1] == 0) & (outliers > 0), torch.full_like(kl, float("inf")), kl)
+    return i, kl
+
+
+def kl_threshold(hist: Tensor, hist_max: float, levels: int, start_bin: int = 128) -> float:
+    """The clipping threshold (upper edge of the last kept bin) with the least KL divergence.
+
+    ``hist`` counts ``|x|`` in equal bins over ``[0, hist_max]``. Ties go to the larger threshold,
+    as in NVIDIA's pytorch-quantization.
+    """
+    candidates, kl = kl_divergences(hist, levels, start_bin)
+    best = kl.numel() - 1 - int(torch.argmin(kl.flip(0)))
+    return float(candidates[best]) * hist_max / hist.numel()
+
+
+class KLObserver(MinMaxObserver):
+    """TensorRT's entropy calibration: clips ``|x|`` where the quantized histogram stays closest (KL).
+
+    Every batch adds ``|x|`` to a ``bins``-bin histogram over ``[0, hist_max]``; when a batch
+    exceeds ``hist_max`` the range doubles (as often as needed) and old bins merge in pairs, so
+    counts are never re-interpolated. Exact zeros are left out: every grid represents 0 exactly,
+    and the spike of a ReLU's zeros would otherwise dominate the divergence.
+
+    Levels compared: a non-negative tensor on an affine grid uses the whole grid (256 levels);
+    a signed one, or a symmetric grid, has half of it on each side of zero (128), as in
+    TensorRT. The range is ``[max(min, −T), min(max, T)]`` for the threshold ``T``: a side that
+    never reaches ``T`` keeps its own extent.
+    """
+
+    def __init__(self, bins: int = 2048, start_bin: int = 128, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if bins < start_bin or bins & (bins - 1):
+            raise ValueError(f"KLObserver: bins must be a power of two >= start_bin ({start_bin}), got {bins}")
+        self.bins = bins
+        self.start_bin = start_bin
+        self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64))
+        self.register_buffer("hist_max", torch.tensor(0.0))
+
+    def forward(self, x_orig: Tensor) -> Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().float()
+        super().forward(x)
+        a = x.abs().flatten()
+        top = float(a.max())
+        if not top > 0 or not torch.isfinite(a.max()):
+            return x_orig  # all zeros (exact on any grid), or NaN/inf: convert() reports those
+        if float(self.hist_max) <= 0:
+            self.hist_max.fill_(top)
+        elif top > float(self.hist_max):
+            self._widen(top)
+        hist = torch.histc(a, bins=self.bins, min=0.0, max=float(self.hist_max)).double()
+        hist[0] -= float((a == 0).sum())
+        self.histogram += hist
+        return x_orig
+
+    def _widen(self, top: float) -> None:
+        """Double the histogram range until it holds ``top``, merging old bins in pairs each time."""
+        factor = 1
+        while float(self.hist_max) * factor < top:
+            factor *= 2
+        merged = self.histogram.new_zeros(self.bins)
+        if factor >= self.bins:
+            merged[0] = self.histogram.sum()
+        else:
+            merged[: self.bins // factor] = self.histogram.view(-1, factor).sum(1)
+        self.histogram.copy_(merged)
+        self.hist_max.mul_(factor)
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        if not float(self.histogram.sum()) > 0:
+            return super().calculate_qparams()
+        unsigned = float(self.min_val) >= 0 and self.qscheme == torch.per_tensor_affine
+        levels = (self.quant_max - self.quant_min + 1) // (1 if unsigned else 2)
+        threshold = kl_threshold(self.histogram, float(self.hist_max), levels, self.start_bin)
+        lo = torch.clamp(self.min_val, min=-threshold)
+        hi = torch.clamp(self.max_val, max=threshold)
+        return self._calculate_qparams(lo, hi)
+
+    def reset_min_max_vals(self) -> None:
+        super().reset_min_max_vals()
+        self.histogram.zero_()
+        self.hist_max.zero_()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bins={self.bins}, hist_max={float(self.hist_max):.6g}"
 
 
 class CurrentPerChannelMinMaxObserver(PerChannelMinMaxObserver):

@@ -8,7 +8,7 @@ QAT as is -- Horizon's recipe of initialising QAT from calibration.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -28,8 +28,19 @@ from qat.quant.backend import (
 from qat.quant.channel_gate import fuse_channel_gates
 from qat.quant.convbn import fold_bn, use_fast_conv_bn
 from qat.quant.fast_int8 import use_fast_int8_kernels, weight_with_codes
-from qat.quant.fuse import FIXED_QPARAMS_ATTR, fuse_model, replace_module
+from qat.quant.float_functional import functional_mapping
+from qat.quant.fuse import FIXED_QPARAMS_ATTR, collect_patterns, fuse_model, replace_module
 from qat.quant.int8_ops import QuantizedLUT, QuantizedRequant, QuantizedSoftmax, policy_for
+from qat.quant.lsq import learn_scales
+from qat.quant.mixed import (
+    CONVERTED_ATTR,
+    LAYERS_ATTR,
+    attach_route_hook,
+    detach_islands,
+    finish_islands,
+    layer_table,
+    place_islands,
+)
 from qat.quant.qconfig import QuantConfig, get_qconfig
 
 __all__ = [
@@ -106,24 +117,8 @@ def _keep_output_float(model: nn.Module) -> None:
     replace_module(model, last, nn.Sequential(dequant, layer))
 
 
-def prepare_qat(
-    model: nn.Module,
-    qconfig: str | QuantConfig = "x86",
-    inplace: bool = False,
-    high_precision_output: bool = False,
-) -> nn.Module:
-    """Fuse, attach fake-quant and swap in QAT modules; the result trains like the float model.
-
-    ``qconfig`` is a target name (``x86``/``arm``/``npu``) or a :class:`QuantConfig`.
-    ``high_precision_output`` keeps the classifier (last Linear/Conv) in float, as Horizon's
-    high-precision output does.
-    """
-    cfg = get_qconfig(qconfig)
-    if not inplace:
-        model = copy.deepcopy(model)
-    was_training = model.training
-    fuse_model(model)
-    _assign_qconfigs(model, cfg, high_precision_output)
+def _swap_in_fake_quant(model: nn.Module) -> nn.Module:
+    """QAT modules and fake-quant for a fused model whose qconfigs are assigned (train mode)."""
     model.train()
     qat_mapping = _subclass_mapping(model, get_default_qat_module_mappings())
     tq.propagate_qconfig_(model, qconfig_dict=None)
@@ -134,8 +129,40 @@ def prepare_qat(
         allow_list=_allow_list(model),
         observer_non_leaf_module_list=set(qat_mapping.values()),
     )
+    return model
+
+
+def prepare_qat(
+    model: nn.Module,
+    qconfig: str | QuantConfig = "x86",
+    inplace: bool = False,
+    high_precision_output: bool = False,
+    keep_float: Sequence[str] = (),
+    int16: Sequence[str] = (),
+) -> nn.Module:
+    """Fuse, attach fake-quant and swap in QAT modules; the result trains like the float model.
+
+    ``qconfig`` is a target name (``x86``/``arm``/``npu``) or a :class:`QuantConfig`.
+    ``high_precision_output`` keeps the classifier (last Linear/Conv) in float, as Horizon's
+    high-precision output does. ``keep_float`` / ``int16`` name layers (names, paths or enclosing
+    modules; globs allowed) that run in float, or with a 16-bit output grid, between int8 layers
+    (:mod:`qat.quant.mixed`); :func:`qat.quant.quant_layers` lists the layers and their precision.
+    """
+    cfg = get_qconfig(qconfig)
+    if not inplace:
+        model = copy.deepcopy(model)
+    was_training = model.training
+    patterns = collect_patterns(model)
+    fuse_model(model)
+    _assign_qconfigs(model, cfg, high_precision_output)
+    if keep_float or int16:
+        dry = _swap_in_fake_quant(copy.deepcopy(model))
+        place_islands(model, dry, cfg, list(keep_float), list(int16))
+    _swap_in_fake_quant(model)
+    attach_route_hook(model)
     use_fast_conv_bn(model)
     setattr(model, _QCONFIG_ATTR, cfg)
+    setattr(model, LAYERS_ATTR, layer_table(model, patterns))
     model.train(was_training)
     return model
 
@@ -191,15 +218,25 @@ def prepare_calibration(
     activation_observer: str | None = "percentile",
     inplace: bool = False,
     high_precision_output: bool = False,
+    keep_float: Sequence[str] = (),
+    int16: Sequence[str] = (),
 ) -> nn.Module:
     """A fake-quant model in calibration mode: eval, observers on, fake-quant off.
 
     Feed it batches with :func:`calibrate`, then :func:`convert` it (PTQ) or :func:`start_qat`.
+    ``keep_float`` / ``int16``: as in :func:`prepare_qat`.
     """
     cfg = get_qconfig(qconfig)
     if activation_observer is not None:
         cfg = cfg.with_observer(activation_observer)
-    model = prepare_qat(model, cfg, inplace=inplace, high_precision_output=high_precision_output)
+    model = prepare_qat(
+        model,
+        cfg,
+        inplace=inplace,
+        high_precision_output=high_precision_output,
+        keep_float=keep_float,
+        int16=int16,
+    )
     model.eval()
     enable_observer(model)
     disable_fake_quant(model)
@@ -236,11 +273,20 @@ def calibrate(
 BN_MODES = ("fold", "track")
 
 
-def start_qat(model: nn.Module, fixed_activation_scales: bool = True, bn: str = "fold") -> nn.Module:
+def start_qat(
+    model: nn.Module,
+    fixed_activation_scales: bool = True,
+    bn: str = "fold",
+    learn_activation_scales: bool = False,
+    learn_weight_scales: bool = False,
+) -> nn.Module:
     """Switch a (calibrated) fake-quant model to QAT: train mode, fake-quant on.
 
     With ``fixed_activation_scales`` the activation grids found by calibration stay fixed
-    (Horizon's default); otherwise their observers keep updating during QAT. ``bn="fold"``
+    (Horizon's default); otherwise their observers keep updating during QAT.
+    ``learn_activation_scales`` / ``learn_weight_scales`` make those step sizes parameters trained
+    by gradient from the calibrated grids (LSQ, :mod:`qat.quant.lsq`; fixed grids stay fixed);
+    build the optimizer after this call so it holds them. ``bn="fold"``
     (Horizon's default QAT mode) folds every conv+BN into one fake-quant conv first
     (:func:`qat.quant.convbn.fold_bn`): the step does no BN work and trains what int8 runs;
     ``bn="track"`` keeps torch.ao's conv+BN modules, BN using batch statistics until
@@ -255,6 +301,8 @@ def start_qat(model: nn.Module, fixed_activation_scales: bool = True, bn: str = 
     enable_observer(model)
     if fixed_activation_scales:
         freeze_activation_observers(model)
+    if learn_activation_scales or learn_weight_scales:
+        learn_scales(model, activations=learn_activation_scales, weights=learn_weight_scales)
     return model
 
 
@@ -296,21 +344,55 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    torch.backends.quantized.engine = cfg.engine
-    mapping = _subclass_mapping(model, get_default_static_quant_module_mappings())
-    for m in model.modules():
-        policy = policy_for(m)
-        if policy is not None and policy.kind == "lut":
-            mapping[type(m)] = QuantizedLUT
-        elif policy is not None and policy.kind == "requant":
-            mapping[type(m)] = QuantizedRequant
-        elif policy is not None and policy.kind == "softmax":
-            mapping[type(m)] = QuantizedSoftmax
-    tq.convert(model, mapping=mapping, inplace=True)
-    _clamp_int8_weights(model, cfg)
-    use_fast_int8_kernels(model)
-    fuse_channel_gates(model)
+    with _EngineScope(cfg.engine):
+        mapping = _subclass_mapping(model, get_default_static_quant_module_mappings())
+        mapping.update(functional_mapping(model))  # qat.nn.FloatFunctional: Horizon's ops too
+        for m in model.modules():
+            policy = policy_for(m)
+            if policy is not None and policy.kind == "lut":
+                mapping[type(m)] = QuantizedLUT
+            elif policy is not None and policy.kind == "requant":
+                mapping[type(m)] = QuantizedRequant
+            elif policy is not None and policy.kind == "softmax":
+                mapping[type(m)] = QuantizedSoftmax
+        islands = detach_islands(model)
+        tq.convert(model, mapping=mapping, inplace=True)
+        finish_islands(model, islands)
+        _clamp_int8_weights(model, cfg)
+        use_fast_int8_kernels(model)
+        fuse_channel_gates(model)
+    scope = _EngineScope(cfg.engine)
+    model.register_forward_pre_hook(scope.enter_hook)
+    model.register_forward_hook(scope.exit_hook, always_call=True)
+    setattr(model, CONVERTED_ATTR, True)
     return model
+
+
+class _EngineScope:
+    """Runs code under one quantized engine and puts the global ``torch.backends.quantized.engine`` back.
+
+    ``convert`` packs weights under the target's engine inside one scope; the converted model's
+    forward hooks open another per call, so the int8 model always runs with the kernels it was
+    converted for (engines requantize differently) and never changes the caller's engine.
+    """
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+        self._saved: list[str] = []
+
+    def __enter__(self) -> _EngineScope:
+        self._saved.append(torch.backends.quantized.engine)
+        torch.backends.quantized.engine = self.engine
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.quantized.engine = self._saved.pop()
+
+    def enter_hook(self, module: nn.Module, args: Any) -> None:
+        self.__enter__()
+
+    def exit_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.__exit__()
 
 
 def _clamp_int8_weights(model: nn.Module, cfg: QuantConfig) -> None:

@@ -47,7 +47,7 @@ from qat.quant.backend import (
     QConfig,
 )
 from qat.quant.fakequant import FastFakeQuantize
-from qat.quant.observers import CurrentPerChannelMinMaxObserver, MSEObserver, PercentileObserver
+from qat.quant.observers import CurrentPerChannelMinMaxObserver, KLObserver, MSEObserver, PercentileObserver
 
 __all__ = ["ACTIVATION_OBSERVERS", "TARGETS", "QuantConfig", "get_qconfig"]
 
@@ -55,7 +55,7 @@ TARGETS = ("x86", "arm", "npu")
 # Smallest scale an observer may pick. torch's default (float32 eps, 1.2e-7) coarsens the weights
 # of a conv that absorbed a 1e-5 layer scale to a handful of levels; 1e-12 keeps all 127.
 _EPS = 1e-12
-ACTIVATION_OBSERVERS = ("moving_average", "minmax", "percentile", "mse", "histogram")
+ACTIVATION_OBSERVERS = ("moving_average", "minmax", "percentile", "mse", "histogram", "kl")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class QuantConfig:
             "percentile": PercentileObserver.with_args(percentile=self.percentile),
             "mse": MSEObserver,
             "histogram": HistogramObserver,
+            "kl": KLObserver,
         }[self.activation_observer]
         return FastFakeQuantize.with_args(observer=observer, **common)
 
@@ -127,8 +128,8 @@ def get_qconfig(
     """The preset for ``target`` (``x86``, ``arm``, ``npu``), optionally with another observer.
 
     ``activation_observer``: ``moving_average`` (QAT default), ``minmax``, ``percentile``
-    (99.975 by default, ``percentile=``), ``mse`` or ``histogram``. Weights always use per-channel
-    min-max of the current weights.
+    (99.975 by default, ``percentile=``), ``mse``, ``histogram`` (torch's) or ``kl`` (TensorRT's
+    entropy calibration). Weights always use per-channel min-max of the current weights.
     """
     if isinstance(target, QuantConfig):
         base = target

@@ -1,4 +1,4 @@
-"""Channel attention that runs in int8: Coordinate Attention, ECA, and a MobileNetV2 block using them."""
+"""Channel attention that runs in int8: Coordinate Attention, ECA, and a MobileNetV2 block using them (or triplet attention)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from qat.nn.activations import get_act
+from qat.nn.blocks.common import ActSpec
+from qat.nn.blocks.shuffle_attention import ShuffleAttention
+from qat.nn.blocks.triplet import TripletAttention
 from qat.nn.conv import ConvModule2d
 from qat.nn.functional import Add, Cat, Mul
 
 __all__ = ["ECA", "CoordinateAttention", "InvertedResidualAttention", "eca_kernel_size"]
-
-_Act = str | type[nn.Module] | nn.Module
 
 
 class CoordinateAttention(nn.Module):
@@ -32,8 +33,8 @@ class CoordinateAttention(nn.Module):
         out_channels: int | None = None,
         reduction: int = 32,
         min_channels: int = 8,
-        act_layer: _Act = "hardswish",
-        gate: _Act = "sigmoid",
+        act_layer: ActSpec = "hardswish",
+        gate: ActSpec = "sigmoid",
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -75,7 +76,7 @@ class ECA(nn.Module):
     """
 
     def __init__(
-        self, channels: int, kernel_size: int | None = None, gamma: int = 2, beta: int = 1, gate: _Act = "sigmoid"
+        self, channels: int, kernel_size: int | None = None, gamma: int = 2, beta: int = 1, gate: ActSpec = "sigmoid"
     ) -> None:
         super().__init__()
         k = eca_kernel_size(channels, gamma, beta) if kernel_size is None else kernel_size
@@ -101,8 +102,10 @@ class InvertedResidualAttention(nn.Module):
 
     ``[1×1 expand-BN-ReLU6] → 3×3 dw-BN-ReLU6 (stride) → [CA] → 1×1 project-BN → [ECA] (+ x)``:
     ``attention="ca"`` gates the expanded features after the depthwise conv (houqb/CoordAttention),
-    ``"eca"`` gates the projected output before the residual add (BangguWu/ECANet), ``None`` is a
-    plain MobileNetV2 block.
+    ``"eca"`` gates the projected output before the residual add (BangguWu/ECANet), as do
+    ``"triplet"`` (:class:`~qat.nn.blocks.triplet.TripletAttention`, landskape-ai/triplet-attention,
+    ``triplet_kernel`` taps) and ``"sa"`` (:class:`~qat.nn.blocks.shuffle_attention.ShuffleAttention`
+    with ``sa_groups``, where SA-ResNet puts it); ``None`` is a plain MobileNetV2 block.
     """
 
     def __init__(
@@ -114,11 +117,13 @@ class InvertedResidualAttention(nn.Module):
         attention: str | None = "ca",
         ca_reduction: int = 32,
         eca_kernel: int | None = None,
-        act_layer: _Act = "relu6",
+        act_layer: ActSpec = "relu6",
+        triplet_kernel: int = 3,
+        sa_groups: int = 4,
     ) -> None:
         super().__init__()
-        if attention not in ("ca", "eca", None):
-            raise ValueError(f"attention must be 'ca', 'eca' or None, got {attention!r}")
+        if attention not in ("ca", "eca", "triplet", "sa", None):
+            raise ValueError(f"attention must be 'ca', 'eca', 'triplet', 'sa' or None, got {attention!r}")
         hidden = int(round(in_channels * expand_ratio))
         self.expand = (
             ConvModule2d(in_channels, hidden, 1, norm_layer="bn", act_layer=act_layer) if expand_ratio != 1 else None
@@ -127,6 +132,8 @@ class InvertedResidualAttention(nn.Module):
         self.ca = CoordinateAttention(hidden, reduction=ca_reduction) if attention == "ca" else None
         self.project = ConvModule2d(hidden, out_channels, 1, norm_layer="bn")
         self.eca = ECA(out_channels, kernel_size=eca_kernel) if attention == "eca" else None
+        self.triplet = TripletAttention(triplet_kernel) if attention == "triplet" else None
+        self.sa = ShuffleAttention(out_channels, sa_groups) if attention == "sa" else None
         self.add = Add() if stride == 1 and in_channels == out_channels else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,4 +144,8 @@ class InvertedResidualAttention(nn.Module):
         y = self.project(y)
         if self.eca is not None:
             y = self.eca(y)
+        if self.triplet is not None:
+            y = self.triplet(y)
+        if self.sa is not None:
+            y = self.sa(y)
         return y if self.add is None else self.add(x, y)

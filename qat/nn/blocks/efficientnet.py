@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
+from qat.nn.blocks.common import batch_norm
 from qat.nn.conv import ConvModule2d
 from qat.nn.functional import Add, Mul
 from qat.nn.se import SqueezeExcite, make_divisible
@@ -64,8 +67,7 @@ class MBConv(nn.Module):
             raise ValueError(f"MBConv stride must be 1 or 2, got {stride}")
         hidden = make_divisible(in_channels * expand_ratio, 8)
 
-        def bn(c: int) -> nn.BatchNorm2d:
-            return nn.BatchNorm2d(c, eps=bn_eps, momentum=bn_momentum)
+        bn = partial(batch_norm, eps=bn_eps, momentum=bn_momentum)
 
         self.use_residual = stride == 1 and in_channels == out_channels
         self.expand = (

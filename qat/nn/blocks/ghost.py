@@ -6,13 +6,12 @@ import math
 
 from torch import Tensor, nn
 
+from qat.nn.blocks.common import ActSpec
 from qat.nn.conv import ConvModule2d
 from qat.nn.functional import Add, Cat
 from qat.nn.se import SqueezeExcite
 
 __all__ = ["GhostBottleneck", "GhostModule"]
-
-_Act = str | type[nn.Module] | nn.Module | None
 
 
 class GhostModule(nn.Module):
@@ -30,7 +29,7 @@ class GhostModule(nn.Module):
         ratio: int = 2,
         dw_size: int = 3,
         stride: int = 1,
-        act_layer: _Act = "relu",
+        act_layer: ActSpec | None = "relu",
     ) -> None:
         super().__init__()
         if ratio < 2:
@@ -76,7 +75,7 @@ class GhostBottleneck(nn.Module):
         dw_kernel_size: int = 3,
         stride: int = 1,
         se_ratio: float = 0.0,
-        act_layer: _Act = "relu",
+        act_layer: ActSpec | None = "relu",
         dw_conv: bool | None = None,
     ) -> None:
         super().__init__()

@@ -14,7 +14,12 @@ class BasicConv2d(ConvModule2d):
     """torchvision's ``BasicConv2d``: conv (no bias) → BN (eps 1e-3) → ReLU, fused in int8."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
     ) -> None:
         super().__init__(
             in_channels,

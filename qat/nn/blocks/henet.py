@@ -23,6 +23,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from qat.nn.activations import get_act
+from qat.nn.blocks.common import ActSpec
 from qat.nn.conv import ChannelScale2d, ConvModule2d
 from qat.nn.functional import Add, MatMul, Mul, MulScalar
 
@@ -37,7 +38,6 @@ __all__ = [
     "S2DDown",
 ]
 
-ActSpec = str | type[nn.Module] | nn.Module
 
 #: Channels per group of GroupDWCB's first pointwise conv, by block width (as in HAT).
 GROUP_WIDTHS: dict[int, int] = {64: 64, 128: 64, 192: 64, 384: 64, 256: 128, 48: 48, 96: 48}

@@ -18,6 +18,7 @@ from functools import partial
 from torch import Tensor, nn
 
 from qat.nn.activations import Softmax
+from qat.nn.blocks.common import ActSpec, batch_norm
 from qat.nn.conv import ChannelScale2d, ConvModule2d
 from qat.nn.functional import Add, MatMul, MulScalar
 from qat.nn.se import SqueezeExcite, make_divisible
@@ -30,13 +31,6 @@ __all__ = [
     "MobileMQA",
     "UniversalInvertedBottleneck",
 ]
-
-Act = str | type[nn.Module] | nn.Module
-
-
-def batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.BatchNorm2d:
-    """A ``BatchNorm2d`` with the reference implementation's ``eps``/``momentum`` (MobileNetV3: 1e-3/0.01)."""
-    return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
 
 
 def _pad(kernel_size: int, dilation: int = 1) -> int:
@@ -57,7 +51,7 @@ class DepthwiseSeparableConv(nn.Module):
         stride: int = 1,
         dilation: int = 1,
         kernel_size: int = 3,
-        act_layer: Act = "relu",
+        act_layer: ActSpec = "relu",
     ) -> None:
         super().__init__()
         self.dw = ConvModule2d(
@@ -90,7 +84,7 @@ class InvertedResidual(nn.Module):
         stride: int = 1,
         expand_ratio: float = 6.0,
         dilation: int = 1,
-        act_layer: Act = "relu6",
+        act_layer: ActSpec = "relu6",
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -136,7 +130,7 @@ class InvertedResidualV3(nn.Module):
         expanded_channels: int,
         out_channels: int,
         use_se: bool,
-        act_layer: Act,
+        act_layer: ActSpec,
         stride: int = 1,
         dilation: int = 1,
         bn_eps: float = 1e-3,
@@ -186,7 +180,7 @@ class FusedInvertedBottleneck(nn.Module):
         kernel_size: int = 3,
         stride: int = 1,
         expand_ratio: float = 4.0,
-        act_layer: Act = "relu",
+        act_layer: ActSpec = "relu",
     ) -> None:
         super().__init__()
         hidden = make_divisible(in_channels * expand_ratio, 8)
@@ -234,7 +228,7 @@ class UniversalInvertedBottleneck(nn.Module):
         middle_dw_kernel: int = 3,
         stride: int = 1,
         expand_ratio: float = 4.0,
-        act_layer: Act = "relu",
+        act_layer: ActSpec = "relu",
         layer_scale_init_value: float | None = None,
     ) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from qat.nn.activations import Softmax
+from qat.nn.blocks.resnet import shortcut
 from qat.nn.conv import ConvModule2d
 from qat.nn.functional import Add, AddReLU, Mul
 from qat.nn.se import make_divisible
@@ -130,15 +131,7 @@ class ResNeStBottleneck(nn.Module):
         )
         self.avd_last = nn.AvgPool2d(3, avd_stride, 1) if avd_stride and not avd_first else nn.Identity()
         self.conv3 = ConvModule2d(width, out_channels, 1, bias=False, norm_layer="bn")
-        if stride == 1 and in_channels == out_channels:
-            self.downsample: nn.Module = nn.Identity()
-        elif avg_down:
-            pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
-            self.downsample = nn.Sequential(
-                pool, ConvModule2d(in_channels, out_channels, 1, bias=False, norm_layer="bn")
-            )
-        else:
-            self.downsample = ConvModule2d(in_channels, out_channels, 1, stride=stride, bias=False, norm_layer="bn")
+        self.downsample = shortcut(in_channels, out_channels, stride, avg_down)
         self.add_relu = AddReLU()
 
     def forward(self, x: Tensor) -> Tensor:

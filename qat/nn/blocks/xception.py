@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from qat.nn.blocks.common import ActSpec
 from qat.nn.conv import ConvModule2d
 from qat.nn.functional import Add
 
 __all__ = ["SeparableConvBN", "XceptionBlock"]
-
-_Act = str | type[nn.Module] | nn.Module
 
 
 class SeparableConvBN(nn.Module):
@@ -34,7 +33,7 @@ class SeparableConvBN(nn.Module):
         stride: int = 1,
         padding: int = 1,
         dilation: int = 1,
-        act_layer: _Act | None = None,
+        act_layer: ActSpec | None = None,
     ) -> None:
         super().__init__()
         self.dw = nn.Conv2d(
