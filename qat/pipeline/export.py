@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from qat.pipeline.benchmark import torchscript
 from qat.pipeline.checkpoints import safe_load
 from qat.pipeline.errors import CheckpointError
+from qat.pipeline.fallback import prepare_for_plan
 from qat.pipeline.plan import QuantPlan
-from qat.quant import convert, get_qconfig, portable_int8, prepare_calibration
+from qat.quant import convert, get_qconfig, portable_int8
 
 __all__ = [
     "FORMAT",
@@ -166,14 +167,7 @@ def rebuild_int8(payload: dict[str, Any]) -> nn.Module:
     config = payload["config"]
     plan = plan_from_config(config)
     model = instantiate(config["model"])
-    fake_quant = prepare_calibration(
-        model,
-        plan.target,
-        activation_observer=plan.calib_observer,
-        high_precision_output=plan.high_precision_output,
-        keep_float=plan.keep_float,
-        int16=plan.int16,
-    )
+    fake_quant = prepare_for_plan(model, plan)
     with torch.no_grad():
         fake_quant(torch.zeros(1, *payload["input_shape"]))
     int8_model = convert(fake_quant)
